@@ -1,0 +1,80 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+/**
+ * Every metric m2m-proxy exports, registered on one injected `Registry`. The names and labels of
+ * the first block are fixed by CONTRACT.md ("Metrics"); dashboards and alerts depend on them.
+ */
+export class Metrics {
+  readonly registry: Registry;
+
+  readonly tokenRefreshes: Counter<'result'>;
+  readonly tokenRefreshFailures: Counter<'reason'>;
+  readonly tokenExpiry: Gauge;
+  readonly upstreamResponses: Counter<'code'>;
+  readonly upstreamDuration: Histogram;
+  readonly requestsRejected: Counter<'reason'>;
+  readonly queueLength: Gauge;
+  readonly queueWait: Histogram;
+
+  /** Remaining starts in the current sliding window (`window.max` minus starts in the last `window.length`). */
+  readonly windowRemaining: Gauge;
+
+  constructor(registry: Registry = new Registry(), options: { defaultMetrics?: boolean } = {}) {
+    this.registry = registry;
+    const registers = [registry];
+    this.tokenRefreshes = new Counter({
+      name: 'm2m_proxy_token_refreshes_total',
+      help: 'Token requests to the identity provider, by result.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.tokenRefreshFailures = new Counter({
+      name: 'm2m_proxy_token_refresh_failures_total',
+      help: 'Failed token requests, by OAuth error code, http_<status>, timeout, network or invalid_response.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.tokenExpiry = new Gauge({
+      name: 'm2m_proxy_token_expiry_timestamp_seconds',
+      help: 'Expiry of the token held, in seconds since the epoch; 0 when no token is held.',
+      registers,
+    });
+    this.upstreamResponses = new Counter({
+      name: 'm2m_proxy_upstream_responses_total',
+      help: 'Responses received from the upstream, by HTTP status code.',
+      labelNames: ['code'],
+      registers,
+    });
+    this.upstreamDuration = new Histogram({
+      name: 'm2m_proxy_upstream_request_duration_seconds',
+      help: 'Time from sending a request to the upstream until its response headers arrive.',
+      // From 1 ms (loopback) to 30 s (the default upstream.timeout).
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.requestsRejected = new Counter({
+      name: 'm2m_proxy_requests_rejected_total',
+      help: "Responses m2m-proxy made itself instead of the upstream's, by error code.",
+      labelNames: ['reason'],
+      registers,
+    });
+    this.queueLength = new Gauge({
+      name: 'm2m_proxy_queue_length',
+      help: 'Requests waiting for a token or for a pacing slot.',
+      registers,
+    });
+    this.queueWait = new Histogram({
+      name: 'm2m_proxy_queue_wait_seconds',
+      help: 'Time requests waited before being sent to the upstream.',
+      // Pacing at 6/s makes waits of 1/6 s common; 30 s is the default queue.timeout.
+      buckets: [0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30],
+      registers,
+    });
+    this.windowRemaining = new Gauge({
+      name: 'm2m_proxy_window_remaining',
+      help: 'Starts still allowed in the current sliding window (rateLimit.window).',
+      registers,
+    });
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * The seam between forwarding and pacing. The proxy handler only sees `Pacer`; how start times
+ * are recorded (in this process, or in Redis for a fleet) is behind `SlotStore`.
+ */
+
+/** What a request brings to the queue. */
+export interface AcquireOptions {
+  /** Absolute time (clock ms) after which the request gives up: one deadline for token and slot. */
+  deadline: number;
+  /** Aborted when the client goes away: the request leaves the queue and is never sent. */
+  signal?: AbortSignal;
+  /**
+   * Awaited before the request may take a slot (e.g. "a valid token exists"). Requests waiting
+   * here count in the queue length and against `queue.max`; if it rejects (e.g. with
+   * `token_unavailable` at the deadline), `acquire` rejects with the same error.
+   */
+  ready?: (deadline: number, signal?: AbortSignal) => Promise<void>;
+}
+
+/** Gatekeeper of request starts towards the upstream (CONTRACT.md, "Pacing"). */
+export interface Pacer {
+  /**
+   * Resolves when the request may start now; the start is recorded. Rejects with
+   * `ProxyError('rate_limited')` (with `retryAfterSeconds`) when the queue is full or the
+   * deadline passes first, or with the signal's reason when the client aborts.
+   */
+  acquire(options: AcquireOptions): Promise<void>;
+  /** An upstream `Retry-After`: no request starts before `until` (clock ms), capped by the pacer. */
+  pauseUntil(until: number): void;
+  /** Requests currently waiting (for `ready` or for a slot). */
+  readonly waiting: number;
+  /** Stops timers and external connections; waiting requests are rejected. */
+  close(): Promise<void>;
+}
+
+/** The answer of a `SlotStore` to one reservation. */
+export interface Reservation {
+  /** True when a start time was reserved. */
+  granted: boolean;
+  /**
+   * Granted: milliseconds from now until the reserved start (0 = start now).
+   * Refused: milliseconds from now until the earliest start that would be allowed (for `Retry-After`).
+   */
+  delayMs: number;
+  /** Starts still allowed in the current sliding window after this reservation, when known. */
+  windowRemaining?: number;
+}
+
+/**
+ * The record of start times: the token bucket and the sliding window, applied together. The
+ * local implementation keeps it in memory; the fleet one in Redis (one atomic script per call,
+ * Redis server time). The pacer's FIFO reserves for its head only, so at most one reservation
+ * per process is ever outstanding in the future.
+ */
+export interface SlotStore {
+  /**
+   * Atomically reserves the earliest start, no earlier than `notBeforeMs` from now, that keeps
+   * at most `burst + T × perSecond` starts in any interval T and at most `window.max` in any
+   * `window.length` — but only if it is at most `maxDelayMs` from now; otherwise reserves
+   * nothing and says when a start would be allowed.
+   */
+  reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation>;
+  /** Releases connections and timers. */
+  close(): Promise<void>;
+}
