@@ -1,4 +1,4 @@
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { mkdir, mkdtemp, rename, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -90,7 +90,7 @@ describe('reading credentials', () => {
     ['ed25519', {}, 'EdDSA'],
   ] as const)('takes the JWS algorithm from a %s key', async (type, options, alg) => {
     // biome-ignore lint/suspicious/noExplicitAny: generateKeyPairSync's overloads cannot take a union of key types
-    const { privateKey } = generateKeyPairSync(type as any, options as any);
+    const { privateKey } = generateKeyPairSync(type as any, options as any) as { privateKey: KeyObject };
     const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
     const d = await dir({ id: 'client', key: pem });
     const c = await readCredentials(
