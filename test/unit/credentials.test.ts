@@ -90,7 +90,9 @@ describe('reading credentials', () => {
     ['ed25519', {}, 'EdDSA'],
   ] as const)('takes the JWS algorithm from a %s key', async (type, options, alg) => {
     // biome-ignore lint/suspicious/noExplicitAny: generateKeyPairSync's overloads cannot take a union of key types
-    const { privateKey } = generateKeyPairSync(type as any, options as any) as { privateKey: KeyObject };
+    const { privateKey } = generateKeyPairSync(type as any, options as any) as unknown as {
+      privateKey: KeyObject;
+    };
     const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
     const d = await dir({ id: 'client', key: pem });
     const c = await readCredentials(
