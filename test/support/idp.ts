@@ -20,7 +20,15 @@ import {
   type ServerResponse,
 } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { decodeJwt, exportJWK, exportPKCS8, generateKeyPair, type JWK } from 'jose';
+import {
+  decodeJwt,
+  exportJWK,
+  exportPKCS8,
+  generateKeyPair,
+  importPKCS8,
+  type JWK,
+  SignJWT,
+} from 'jose';
 import type { Adapter } from 'oidc-provider';
 
 /** The client authentication methods the IdP accepts at its token endpoint (RFC 7523, OIDC Core §9). */
@@ -500,4 +508,63 @@ export async function startIdp(options: IdpOptions = {}): Promise<Idp> {
       });
     },
   };
+}
+
+/** Credentials for {@link requestToken}, one shape per client authentication method. */
+export type TokenCredentials =
+  | { method: 'client_secret_basic' | 'client_secret_post'; clientId: string; secret: string }
+  | {
+      method: 'private_key_jwt';
+      clientId: string;
+      privateKeyPem: string;
+      kid: string;
+      alg: 'ES256' | 'RS256';
+    };
+
+/**
+ * Performs a client-credentials token request (RFC 6749 §4.4.2) the way a correct client does,
+ * for tests that need a token without the proxy. Never throws on an error status.
+ */
+export async function requestToken(
+  tokenUrl: string,
+  credentials: TokenCredentials,
+  params: Record<string, string> = {},
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const form = new URLSearchParams({ grant_type: 'client_credentials', ...params });
+  const headers: Record<string, string> = {
+    'content-type': 'application/x-www-form-urlencoded',
+    accept: 'application/json',
+  };
+  if (credentials.method === 'private_key_jwt') {
+    // RFC 7523 §3: iss = sub = client_id, aud = the token endpoint, short-lived, unique jti.
+    const key = await importPKCS8(credentials.privateKeyPem, credentials.alg);
+    const assertion = await new SignJWT({})
+      .setProtectedHeader({ alg: credentials.alg, kid: credentials.kid })
+      .setIssuer(credentials.clientId)
+      .setSubject(credentials.clientId)
+      .setAudience(tokenUrl)
+      .setJti(crypto.randomUUID())
+      .setIssuedAt()
+      .setExpirationTime('60s')
+      .sign(key);
+    form.set('client_id', credentials.clientId);
+    form.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+    form.set('client_assertion', assertion);
+  } else if (credentials.method === 'client_secret_basic') {
+    // RFC 6749 §2.3.1: form-urlencode id and secret before Base64.
+    const pair = `${encodeURIComponent(credentials.clientId)}:${encodeURIComponent(credentials.secret)}`;
+    headers.authorization = `Basic ${Buffer.from(pair).toString('base64')}`;
+  } else {
+    form.set('client_id', credentials.clientId);
+    form.set('client_secret', credentials.secret);
+  }
+  const res = await fetch(tokenUrl, { method: 'POST', headers, body: form });
+  const text = await res.text();
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    body = { raw: text };
+  }
+  return { status: res.status, body };
 }
