@@ -101,6 +101,8 @@ export interface IdpOptions {
   host?: string;
   /** Default 0 (a free port). */
   port?: number;
+  /** Called when a token request has been answered (the demo prints renewals with it). */
+  onTokenRequest?: (record: TokenRequestRecord) => void;
 }
 
 /** A running IdP. */
@@ -373,6 +375,7 @@ export async function startIdp(options: IdpOptions = {}): Promise<Idp> {
     tokenLog.push(record);
     res.on('finish', () => {
       record.status = res.statusCode;
+      options.onTokenRequest?.(record);
     });
 
     const active = failure;
