@@ -38,6 +38,12 @@ export function slotLimits(rateLimit: Config['rateLimit'], factor = 1): SlotLimi
  */
 export class LocalSlotStore implements SlotStore {
   private readonly clock: Clock;
+  /**
+   * Times are kept relative to this clock reading. Epoch milliseconds (~1.7e12) carry only
+   * ~2.4e-4 ms of float precision, and `tat` adds a fractional interval on every start; small
+   * relative values keep that error below 1e-8 ms.
+   */
+  private readonly origin: number;
   /** GCRA emission interval in ms; 0 = no token bucket. */
   private readonly intervalMs: number;
   /** GCRA tolerance: how far ahead of `tat` a start may be, `(burst − 1) × intervalMs`. */
@@ -67,6 +73,7 @@ export class LocalSlotStore implements SlotStore {
       throw new RangeError(`windowMs must be > 0 when windowMax is set, got ${windowMs}`);
     }
     this.clock = clock;
+    this.origin = clock.now();
     this.intervalMs = perSecond > 0 ? 1000 / perSecond : 0;
     // A bucket smaller than one start would never allow a start; 1 is the smallest meaningful.
     this.toleranceMs = (Math.max(1, burst) - 1) * this.intervalMs;
@@ -82,7 +89,7 @@ export class LocalSlotStore implements SlotStore {
 
   /** `reserve` without the promise, for callers in this process (and tests). */
   reserveNow(maxDelayMs: number, notBeforeMs: number): Reservation {
-    const now = this.clock.now();
+    const now = this.clock.now() - this.origin;
     const start = this.earliestStart(now + Math.max(0, notBeforeMs));
     const delayMs = start - now;
     if (delayMs > maxDelayMs) {
@@ -98,7 +105,7 @@ export class LocalSlotStore implements SlotStore {
 
   /** Starts still allowed in the sliding window ending at `at` (default: now); undefined = no window. */
   windowRemaining(at: number = this.clock.now()): number | undefined {
-    return this.ring ? this.windowRemainingAt(at) : undefined;
+    return this.ring ? this.windowRemainingAt(at - this.origin) : undefined;
   }
 
   /** Nothing to release: no timers, no connections. */
@@ -127,7 +134,7 @@ export class LocalSlotStore implements SlotStore {
     this.lastStart = start;
   }
 
-  /** `windowMax` minus the starts in `(at − windowMs, at]`, by binary search over the sorted ring. */
+  /** `windowMax` minus the starts in `(at − windowMs, at]` (relative ms), by binary search of the sorted ring. */
   private windowRemainingAt(at: number): number {
     const ring = this.ring as Float64Array;
     const count = this.ringCount;

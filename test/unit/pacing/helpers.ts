@@ -95,7 +95,7 @@ export async function metricValue(metrics: Metrics, name: string): Promise<numbe
   const metric = json.find((m) => m.name === name);
   if (!metric) return undefined;
   const values = metric.values as Array<{ value: number; metricName?: string }>;
-  if (metric.type === 'histogram') {
+  if (String(metric.type) === 'histogram') {
     return values.find((v) => v.metricName === `${name}_count`)?.value;
   }
   return values[0]?.value;
