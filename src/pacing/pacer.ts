@@ -38,16 +38,8 @@ interface Entry {
   readonly since: number;
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
-  /**
-   * Removes the entry from p-queue while it is queued, or stops its slot wait while it is the
-   * head. Aborted for every way an entry leaves early: client abort, deadline, `close()`.
-   */
-  readonly leave: AbortController;
-  /** The client's signal, to remove `onClientAbort` from it when the entry settles. */
-  readonly signal: AbortSignal | undefined;
   settled: boolean;
   deadlineTimer: Timer | undefined;
-  onClientAbort: (() => void) | undefined;
 }
 
 /** `rate_limited` with a `Retry-After` of `delayMs` rounded up to whole seconds, at least 1. */
@@ -120,6 +112,9 @@ export class QueuePacer implements Pacer {
   private probedFreeAt = Number.NEGATIVE_INFINITY;
   private closed = false;
   private count = 0;
+  /** The entry whose `serve` is running, and how to wake it early when it leaves. */
+  private head: Entry | undefined;
+  private wakeHead: (() => void) | undefined;
 
   constructor(options: QueuePacerOptions) {
     this.store = options.store;
@@ -188,25 +183,19 @@ export class QueuePacer implements Pacer {
         since,
         resolve,
         reject,
-        leave: new AbortController(),
-        signal,
         settled: false,
         deadlineTimer: undefined,
-        onClientAbort: undefined,
       };
       this.entries.add(entry);
-      if (signal) {
-        if (signal.aborted) {
-          this.leave(entry, signal.reason);
-          return;
-        }
-        entry.onClientAbort = () => this.leave(entry, signal.reason);
-        signal.addEventListener('abort', entry.onClientAbort, { once: true });
-      }
       this.armDeadline(entry);
-      // The p-queue promise rejects when `leave` aborts; the entry's own promise carries the
-      // outcome, so that rejection is expected and dropped.
-      this.fifo.add(() => this.serve(entry), { signal: entry.leave.signal }).catch(() => {});
+      // The client's signal goes to p-queue itself: on abort it removes the queued task (or stops
+      // waiting for the running one) and rejects `add` with the signal's reason, which is this
+      // pacer's only abort listener. One listener per request matters: an `AbortSignal`
+      // listener costs ~0.9 kB, and 10,000 may be queued.
+      const options = signal ? { signal } : {};
+      this.fifo
+        .add(() => this.serve(entry), options)
+        .catch((error: unknown) => this.leave(entry, error));
     });
   }
 
@@ -216,80 +205,83 @@ export class QueuePacer implements Pacer {
     if (!Number.isFinite(ms)) return;
     entry.deadlineTimer = this.clock.setTimeout(
       () => {
+        entry.deadlineTimer = undefined;
         if (entry.settled) return;
         if (entry.deadline > this.clock.now()) {
           this.armDeadline(entry);
           return;
         }
-        // Settle at once so the entry never starts; the Retry-After follows from the store.
-        this.leave(entry, undefined);
+        // Settle at once so the entry never starts (p-queue skips it when it comes up); the
+        // Retry-After follows from the store.
+        this.finish(entry);
         this.probeDelayMs().then((delayMs) => entry.reject(rateLimited(delayMs)), entry.reject);
       },
       Math.min(Math.max(0, ms), MAX_TIMER_MS),
     );
   }
 
-  /**
-   * Takes the entry out: no start will happen for it. With a `reason`, its promise rejects with
-   * it; without, the caller rejects it. Safe to call more than once.
-   */
+  /** Takes the entry out, rejecting it with `reason`: no start will happen for it. Idempotent. */
   private leave(entry: Entry, reason: unknown): void {
     if (entry.settled) return;
     this.finish(entry);
-    entry.leave.abort(reason);
-    if (reason !== undefined) entry.reject(reason);
+    entry.reject(reason);
   }
 
+  /** Marks the entry settled and releases what it holds; wakes it if it is the waiting head. */
   private finish(entry: Entry): void {
     entry.settled = true;
     this.entries.delete(entry);
-    if (entry.deadlineTimer !== undefined) this.clock.clearTimeout(entry.deadlineTimer);
-    if (entry.onClientAbort) entry.signal?.removeEventListener('abort', entry.onClientAbort);
+    if (entry.deadlineTimer !== undefined) {
+      this.clock.clearTimeout(entry.deadlineTimer);
+      entry.deadlineTimer = undefined;
+    }
+    if (entry === this.head) this.wakeHead?.();
     this.setWaiting(this.count - 1);
   }
 
   /** The head's turn: reserve a slot, wait for it, start. Runs one at a time (p-queue). */
   private async serve(entry: Entry): Promise<void> {
-    while (!entry.settled) {
-      const now = this.clock.now();
-      const pauseMs = Math.max(0, this.pausedUntil - now);
-      const maxDelayMs = this.noQueue ? Math.min(0, entry.deadline - now) : entry.deadline - now;
-      let reservation: Reservation;
-      try {
-        reservation = await this.store.reserve(maxDelayMs, pauseMs);
-      } catch (error) {
-        this.leave(entry, error);
-        return;
+    this.head = entry;
+    try {
+      while (!entry.settled) {
+        const now = this.clock.now();
+        const pauseMs = Math.max(0, this.pausedUntil - now);
+        const maxDelayMs = this.noQueue ? Math.min(0, entry.deadline - now) : entry.deadline - now;
+        let reservation: Reservation;
+        try {
+          reservation = await this.store.reserve(maxDelayMs, pauseMs);
+        } catch (error) {
+          this.leave(entry, error);
+          return;
+        }
+        if (reservation.windowRemaining !== undefined) {
+          this.metrics.windowRemaining.set(reservation.windowRemaining);
+        }
+        // Left while the store answered: a granted slot stays unused (see the class comment).
+        if (entry.settled) return;
+        if (!reservation.granted) {
+          this.probedFreeAt = this.clock.now() + reservation.delayMs;
+          this.leave(entry, rateLimited(reservation.delayMs));
+          return;
+        }
+        // The slot is within the deadline: the deadline timer must not reject a request that
+        // holds one (it would fire at the same instant as the start).
+        if (entry.deadlineTimer !== undefined) {
+          this.clock.clearTimeout(entry.deadlineTimer);
+          entry.deadlineTimer = undefined;
+        }
+        // Measured on the local clock after the store answered: with Redis the answer is
+        // relative to the server's "now", and counting from after the round trip errs late.
+        await this.sleepUntil(entry, this.clock.now() + reservation.delayMs);
+        // Left while waiting for its slot (abort, close): the slot stays unused.
+        if (entry.settled) return;
+        // An upstream pause that arrived while waiting: the reserved slot is left unused (it
+        // stays counted: safe side) and a new one is reserved after the pause.
+        if (this.pausedUntil > this.clock.now()) continue;
+        this.start(entry);
       }
-      if (reservation.windowRemaining !== undefined) {
-        this.metrics.windowRemaining.set(reservation.windowRemaining);
-      }
-      // Aborted while the store answered: a granted slot stays unused (see the class comment).
-      if (entry.settled) return;
-      if (!reservation.granted) {
-        this.probedFreeAt = this.clock.now() + reservation.delayMs;
-        this.leave(entry, rateLimited(reservation.delayMs));
-        return;
-      }
-      // The slot is within the deadline: the deadline timer must not reject a request that
-      // holds one (it would fire at the same instant as the start).
-      if (entry.deadlineTimer !== undefined) {
-        this.clock.clearTimeout(entry.deadlineTimer);
-        entry.deadlineTimer = undefined;
-      }
-      // Measured on the local clock after the store answered: with Redis the answer is relative
-      // to the server's "now", and counting from after the round trip errs late, not early.
-      const startAt = this.clock.now() + reservation.delayMs;
-      try {
-        await this.sleepUntil(startAt, entry.leave.signal);
-      } catch {
-        return; // Left while waiting for its slot: the slot stays unused.
-      }
-      if (entry.settled) return;
-      // An upstream pause that arrived while waiting: the reserved slot is left unused (it
-      // stays counted: safe side) and a new one is reserved after the pause.
-      if (this.pausedUntil > this.clock.now()) continue;
-      this.start(entry);
+    } finally {
+      this.head = undefined;
     }
   }
 
@@ -300,14 +292,27 @@ export class QueuePacer implements Pacer {
   }
 
   /**
-   * Sleeps until the clock reads at least `at`. Timers fire in whole milliseconds and may fire
-   * a little early relative to `Date.now()`; starting before the reserved time would break the
-   * guarantee, so it checks and sleeps again.
+   * Waits until the clock reads at least `at`, or until the head settles (`wakeHead`). Timers
+   * fire in whole milliseconds and may fire a little early relative to `Date.now()`; starting
+   * before the reserved time would break the guarantee, so it checks and waits again.
    */
-  private async sleepUntil(at: number, signal: AbortSignal): Promise<void> {
-    for (let ms = at - this.clock.now(); ms > 0; ms = at - this.clock.now()) {
-      await sleep(this.clock, Math.min(Math.ceil(ms), MAX_TIMER_MS), signal);
-    }
+  private sleepUntil(entry: Entry, at: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      let timer: Timer | undefined;
+      const done = () => {
+        if (timer !== undefined) this.clock.clearTimeout(timer);
+        this.wakeHead = undefined;
+        resolve();
+      };
+      const check = () => {
+        timer = undefined;
+        const ms = at - this.clock.now();
+        if (ms <= 0 || entry.settled) done();
+        else timer = this.clock.setTimeout(check, Math.min(Math.ceil(ms), MAX_TIMER_MS));
+      };
+      this.wakeHead = done;
+      check();
+    });
   }
 
   /** Ms until a start would be allowed (pause included), for a request turned away. */
