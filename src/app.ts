@@ -14,8 +14,8 @@ import { CredentialWatcher } from './credentials/watcher.js';
 import { ERROR_HEADER, ProxyError } from './errors.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
+import { createPacer } from './pacing/pacer.js';
 import type { Pacer } from './pacing/types.js';
-import { UnpacedPacer } from './pacing/unpaced.js';
 import { Forwarder } from './proxy/forward.js';
 import { ProxyHandler } from './proxy/handler.js';
 import { TokenClient } from './token/client.js';
@@ -64,7 +64,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     },
     logger,
   );
-  const pacer: Pacer = new UnpacedPacer(config.rateLimit.queue.max);
+  const pacer: Pacer = createPacer(config.rateLimit, { clock, metrics });
   const forwarder = new Forwarder(config.upstream);
   const handler = new ProxyHandler({ config, tokens, pacer, forwarder, metrics, logger, clock });
 
