@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Registry } from 'prom-client';
 import type { Clock } from '../clock.js';
 import type { Config } from '../config/config.js';
+import { CredentialError } from '../credentials/credentials.js';
 import type { Logger } from '../log/logger.js';
 import { FallbackSlotStore } from './fallback-slot-store.js';
 import { RedisSlotStore } from './redis-slot-store.js';
@@ -57,10 +58,10 @@ export function readRedisPassword(file: string): string {
     text = readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new Error(`rateLimit.shared.passwordFile: cannot read ${file} (${code})`);
+    throw new CredentialError(`rateLimit.shared.passwordFile: cannot read ${file} (${code})`);
   }
   const password = text.replace(/\r?\n$/, '');
-  if (password === '') throw new Error(`rateLimit.shared.passwordFile: ${file} is empty`);
+  if (password === '') throw new CredentialError(`rateLimit.shared.passwordFile: ${file} is empty`);
   return password;
 }
 
