@@ -1,7 +1,7 @@
 import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log/logger.js';
+import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import type { SharedSlotStore } from './redis-slot-store.js';
-import type { SharedBudgetMetrics } from './shared-metrics.js';
 import type { Reservation, SlotStore } from './types.js';
 
 /**

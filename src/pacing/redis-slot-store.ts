@@ -2,16 +2,15 @@ import { once } from 'node:events';
 import { inspect } from 'node:util';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../log/logger.js';
+import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import {
   parseReserveReply,
   RESERVE_LUA,
-  type ReserveLimits,
   type ReserveReply,
   reserveArgs,
   reserveKeys,
 } from './reserve-script.js';
-import type { SharedBudgetMetrics } from './shared-metrics.js';
-import type { Reservation, SlotStore } from './types.js';
+import type { Reservation, SlotLimits, SlotStore } from './types.js';
 
 /**
  * A `SlotStore` whose record lives outside the process and can therefore be unreachable. The
@@ -25,7 +24,7 @@ export interface SharedSlotStore extends SlotStore {
 }
 
 /** How to reach one shared budget in Redis. */
-export interface RedisSlotStoreOptions extends ReserveLimits {
+export interface RedisSlotStoreOptions extends SlotLimits {
   /** `redis://` or `rediss://` URL, without a password. */
   url: string;
   /** The Redis password (contents of `rateLimit.shared.passwordFile`); never logged. */
@@ -85,7 +84,7 @@ export class SharedBudgetError extends Error {
 export class RedisSlotStore implements SharedSlotStore {
   readonly #client: Redis;
   readonly #keys: [string, string];
-  readonly #limits: ReserveLimits;
+  readonly #limits: SlotLimits;
   readonly #metrics: SharedBudgetMetrics;
   readonly #password: string | undefined;
   readonly #timeoutMs: number;

@@ -1,3 +1,5 @@
+import type { SlotLimits } from './types.js';
+
 /**
  * The atomic reservation of the shared (fleet) budget: one Lua script, one round trip per
  * reservation, Redis server time. See docs/shared-budget.md for the algorithm and its proof.
@@ -104,18 +106,6 @@ end
 return {1, delay, remaining, start, now}
 `;
 
-/** Limits of one shared budget, as the script takes them. */
-export interface ReserveLimits {
-  /** Starts per second; 0 turns the token bucket off. */
-  perSecond: number;
-  /** Starts allowed at once after idle time (≥ 1). */
-  burst: number;
-  /** At most this many starts in any `windowMs`; 0 turns the window off. */
-  windowMax: number;
-  /** Length of the sliding window in milliseconds. */
-  windowMs: number;
-}
-
 /** The decoded answer of the script. */
 export interface ReserveReply {
   granted: boolean;
@@ -144,11 +134,7 @@ export function reserveKeys(key: string): [state: string, starts: string] {
 }
 
 /** The script's ARGV for one reservation (all integers except the interval, which is exact). */
-export function reserveArgs(
-  limits: ReserveLimits,
-  maxDelayMs: number,
-  notBeforeMs: number,
-): string[] {
+export function reserveArgs(limits: SlotLimits, maxDelayMs: number, notBeforeMs: number): string[] {
   const intervalUs = limits.perSecond > 0 ? 1_000_000 / limits.perSecond : 0;
   return [
     // Full double precision: the script rounds up once per reservation, never accumulates error.

@@ -4,11 +4,11 @@ import type { Clock } from '../clock.js';
 import type { Config } from '../config/config.js';
 import { CredentialError } from '../credentials/credentials.js';
 import type { Logger } from '../log/logger.js';
+import { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { FallbackSlotStore } from './fallback-slot-store.js';
+import { slotLimits } from './local-slot-store.js';
 import { RedisSlotStore } from './redis-slot-store.js';
-import type { ReserveLimits } from './reserve-script.js';
-import { SharedBudgetMetrics } from './shared-metrics.js';
-import type { SlotStore } from './types.js';
+import type { SlotLimits, SlotStore } from './types.js';
 
 /** `rateLimit` of the validated configuration. */
 export type RateLimitConfig = Config['rateLimit'];
@@ -16,7 +16,7 @@ export type RateLimitConfig = Config['rateLimit'];
 export type SharedConfig = NonNullable<RateLimitConfig['shared']>;
 
 /** Builds the local store a replica uses alone while Redis is unreachable. */
-export type LocalStoreFactory = (limits: ReserveLimits) => SlotStore;
+export type LocalStoreFactory = (limits: SlotLimits) => SlotStore;
 
 /** What `createSharedStore` needs besides the configuration. */
 export interface SharedStoreDeps {
@@ -31,21 +31,6 @@ export interface SharedStoreDeps {
   commandTimeoutMs?: number | undefined;
   connectTimeoutMs?: number | undefined;
   probeIntervalMs?: number | undefined;
-}
-
-/**
- * The limits one replica applies alone while the shared budget is unreachable: `fallback` × the
- * configured ones. Counts are rounded down (the safe side) but never to 0 when the limit is on,
- * so a replica can always send: burst ≥ 1, window max ≥ 1. Limits that are off stay off.
- */
-export function fallbackLimits(rateLimit: RateLimitConfig, fallback: number): ReserveLimits {
-  const { perSecond, burst, window } = rateLimit;
-  return {
-    perSecond: perSecond * fallback,
-    burst: Math.max(1, Math.floor(burst * fallback)),
-    windowMax: window.max > 0 ? Math.max(1, Math.floor(window.max * fallback)) : 0,
-    windowMs: window.length,
-  };
 }
 
 /**
@@ -67,8 +52,10 @@ export function readRedisPassword(file: string): string {
 
 /**
  * The `SlotStore` for `rateLimit.shared` (issue 7): the fleet's budget in Redis, falling back to
- * `localStoreFactory(fallbackLimits(...))` while Redis is unreachable. Connects at once, in the
- * background; throws only when the password file cannot be read.
+ * `localStoreFactory(slotLimits(rateLimit, shared.fallback))` (`fallback` × the limits, never
+ * rounded to "off") while Redis is unreachable. Registers the shared-budget metrics on
+ * `deps.registry`. Connects at once, in the background; throws only when the password file
+ * cannot be read.
  */
 export function createSharedStore(
   rateLimit: RateLimitConfig,
@@ -83,10 +70,7 @@ export function createSharedStore(
     url: shared.redis,
     password,
     key: shared.key,
-    perSecond: rateLimit.perSecond,
-    burst: rateLimit.burst,
-    windowMax: rateLimit.window.max,
-    windowMs: rateLimit.window.length,
+    ...slotLimits(rateLimit),
     metrics,
     logger: deps.logger,
     commandTimeoutMs: deps.commandTimeoutMs,
@@ -94,7 +78,7 @@ export function createSharedStore(
   });
   return new FallbackSlotStore({
     shared: redis,
-    local: deps.localStoreFactory(fallbackLimits(rateLimit, shared.fallback)),
+    local: deps.localStoreFactory(slotLimits(rateLimit, shared.fallback)),
     clock: deps.clock,
     logger: deps.logger,
     metrics,

@@ -2,13 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/clock.js';
+import { type Clock, systemClock } from '../../src/clock.js';
 import type { FallbackSlotStore } from '../../src/pacing/fallback-slot-store.js';
+import { LocalSlotStore } from '../../src/pacing/local-slot-store.js';
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import { createSharedStore, type RateLimitConfig } from '../../src/pacing/shared-store.js';
+import type { SlotLimits, SlotStore } from '../../src/pacing/types.js';
 import { logSink } from '../support/log-sink.js';
 import { type RedisServer, startRedis } from '../support/redis.js';
-import { StandInLocalStore } from '../support/stand-in-local-store.js';
 
 let redis: RedisServer;
 const open: FallbackSlotStore[] = [];
@@ -38,10 +39,32 @@ async function metric(registry: Registry, name: string): Promise<number> {
   return (await m.get()).values[0]?.value ?? Number.NaN;
 }
 
+/** The fallback store a replica was given: its limits and the start of each grant (epoch ms). */
+interface LocalRecord {
+  limits: SlotLimits;
+  starts: number[];
+}
+
+/** The real `LocalSlotStore`, recording the reserved start of every granted reservation. */
+function recordingLocalStore(limits: SlotLimits, record: LocalRecord): SlotStore {
+  // The clock reading the store computed its delay from, so `now + delayMs` is its reserved start.
+  let now = 0;
+  const clock: Clock = { ...systemClock, now: () => (now = systemClock.now()) };
+  const store = new LocalSlotStore({ ...limits, clock });
+  return {
+    async reserve(maxDelayMs, notBeforeMs) {
+      const reservation = store.reserveNow(maxDelayMs, notBeforeMs);
+      if (reservation.granted) record.starts.push(now + reservation.delayMs);
+      return reservation;
+    },
+    close: () => store.close(),
+  };
+}
+
 function build(url: string, key: string, perSecond: number, fallback: number) {
   const registry = new Registry();
   const sink = logSink('info');
-  const locals: StandInLocalStore[] = [];
+  const locals: LocalRecord[] = [];
   const store = createSharedStore(
     rateLimit(perSecond),
     { redis: url, key, fallback },
@@ -50,9 +73,9 @@ function build(url: string, key: string, perSecond: number, fallback: number) {
       logger: sink.logger,
       registry,
       localStoreFactory: (limits) => {
-        const local = new StandInLocalStore({ ...limits, clock: systemClock });
-        locals.push(local);
-        return local;
+        const record: LocalRecord = { limits, starts: [] };
+        locals.push(record);
+        return recordingLocalStore(limits, record);
       },
     },
   );

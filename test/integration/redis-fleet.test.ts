@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
-import type { ReserveLimits } from '../../src/pacing/reserve-script.js';
-import { SharedBudgetMetrics } from '../../src/pacing/shared-metrics.js';
+import type { SlotLimits } from '../../src/pacing/types.js';
 import { type RedisServer, startRedis } from '../support/redis.js';
 
 // Three replicas (three stores, each with its own ioredis connection) draw from one key, each
@@ -21,7 +21,7 @@ afterAll(async () => {
   await redis?.stop();
 });
 
-function replica(key: string, limits: ReserveLimits): RedisSlotStore {
+function replica(key: string, limits: SlotLimits): RedisSlotStore {
   const store = new RedisSlotStore({
     url: redis.url,
     key,

@@ -6,12 +6,12 @@ import { inspect } from 'node:util';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/clock.js';
+import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
+import { LocalSlotStore } from '../../src/pacing/local-slot-store.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
-import { SharedBudgetMetrics } from '../../src/pacing/shared-metrics.js';
 import { createSharedStore, type RateLimitConfig } from '../../src/pacing/shared-store.js';
 import { logSink } from '../support/log-sink.js';
 import { type RedisServer, startRedis } from '../support/redis.js';
-import { StandInLocalStore } from '../support/stand-in-local-store.js';
 
 const password = `pw-${randomBytes(12).toString('hex')}`;
 const wrong = `wrong-${randomBytes(12).toString('hex')}`;
@@ -47,7 +47,7 @@ function build(secret: string) {
       clock: systemClock,
       logger: sink.logger,
       registry,
-      localStoreFactory: (limits) => new StandInLocalStore({ ...limits, clock: systemClock }),
+      localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock: systemClock }),
     },
   );
   return { store, sink, registry };

@@ -5,11 +5,11 @@ import {
   EXPIRY_MARGIN_MS,
   parseReserveReply,
   RESERVE_LUA,
-  type ReserveLimits,
   type ReserveReply,
   reserveArgs,
   reserveKeys,
 } from '../../src/pacing/reserve-script.js';
+import type { SlotLimits } from '../../src/pacing/types.js';
 import { type RedisServer, startRedis } from '../support/redis.js';
 
 // The reservation script run directly against a real redis-server: every expectation is exact
@@ -36,7 +36,7 @@ const newKey = () => `test:${randomUUID()}`;
 
 async function reserve(
   key: string,
-  limits: ReserveLimits,
+  limits: SlotLimits,
   maxDelayMs = 60_000,
   notBeforeMs = 0,
 ): Promise<ReserveReply> {
