@@ -88,9 +88,12 @@ export class RedisSlotStore implements SharedSlotStore {
   readonly #metrics: SharedBudgetMetrics;
   readonly #password: string | undefined;
   readonly #timeoutMs: number;
+  readonly #connectTimeoutMs: number;
   readonly #where: string;
   readonly #lostListeners: ((error: Error) => void)[] = [];
   #closing = false;
+  /** True once the first connection is ready: until then a call waits for the connect timeout. */
+  #connectedOnce = false;
 
   constructor(options: RedisSlotStoreOptions) {
     this.#keys = reserveKeys(options.key);
@@ -103,10 +106,11 @@ export class RedisSlotStore implements SharedSlotStore {
     this.#metrics = options.metrics;
     this.#password = options.password === '' ? undefined : options.password;
     this.#timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.#where = describeUrl(options.url);
     const redisOptions: RedisOptions = {
       commandTimeout: this.#timeoutMs,
-      connectTimeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      connectTimeout: this.#connectTimeoutMs,
       // Fail fast while disconnected instead of queueing reservations that would come back late.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
@@ -127,6 +131,9 @@ export class RedisSlotStore implements SharedSlotStore {
         redis: this.#where,
         reason: this.#reason(error),
       });
+    });
+    this.#client.once('ready', () => {
+      this.#connectedOnce = true;
     });
     this.#client.on('close', () => {
       if (this.#closing) return;
@@ -193,16 +200,23 @@ export class RedisSlotStore implements SharedSlotStore {
     this.#client.disconnect();
   }
 
-  /** While (re)connecting, waits for the connection up to the command timeout instead of failing. */
+  /**
+   * While (re)connecting, waits for the connection instead of failing: up to the command timeout
+   * on a reconnect, up to the connect timeout for the first connection. TCP, AUTH and the ready
+   * check of a process that has just started can take longer than 250 ms on a busy node, and
+   * falling back then would make a freshly started replica pace alone, beside the fleet, for the
+   * probe interval.
+   */
   async #whenReady(): Promise<void> {
     const status = this.#client.status;
     if (status === 'ready') return;
     if (status === 'end') throw new Error('connection closed');
+    const waitMs = this.#connectedOnce ? this.#timeoutMs : this.#connectTimeoutMs;
     // Rejects on the first 'error' event too, so a refused connection fails at once.
-    await once(this.#client, 'ready', { signal: AbortSignal.timeout(this.#timeoutMs) }).catch(
+    await once(this.#client, 'ready', { signal: AbortSignal.timeout(waitMs) }).catch(
       (error: unknown) => {
         throw error instanceof Error && error.name === 'AbortError'
-          ? new Error(`not connected within ${this.#timeoutMs} ms`)
+          ? new Error(`not connected within ${waitMs} ms`)
           : error;
       },
     );
