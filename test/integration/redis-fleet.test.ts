@@ -5,6 +5,7 @@ import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
 import type { SlotLimits } from '../../src/pacing/types.js';
 import { type RedisServer, startRedis } from '../support/redis.js';
+import { maxInSliding, median } from '../support/starts.js';
 
 // Three replicas (three stores, each with its own ioredis connection) draw from one key, each
 // behaving like the pacer: its queue head reserves, sleeps the delay, starts, and reserves again.
@@ -62,22 +63,6 @@ async function runFleet(members: RedisSlotStore[], ms: number): Promise<Start[]>
     }),
   );
   return starts.sort((a, b) => a.startUs - b.startUs);
-}
-
-/** Most starts in any half-open interval [t, t + length) of the sorted times. */
-function maxInSliding(times: number[], length: number): number {
-  let most = 0;
-  let lo = 0;
-  for (let hi = 0; hi < times.length; hi++) {
-    while ((times[hi] ?? 0) - (times[lo] ?? 0) >= length) lo++;
-    most = Math.max(most, hi - lo + 1);
-  }
-  return most;
-}
-
-function median(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
 }
 
 describe('one budget for a fleet (real Redis, real time)', () => {

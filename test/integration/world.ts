@@ -44,6 +44,38 @@ export interface World {
   close(): Promise<void>;
 }
 
+/**
+ * The configuration of a proxy between `idp` and `api` on free loopback ports, pacing off;
+ * `overrides` are merged over it section by section.
+ */
+export async function proxyConfig(
+  idp: Idp,
+  api: Upstream,
+  method: AuthMethod,
+  credentials: Record<string, string>,
+  overrides: Record<string, Record<string, unknown>> = {},
+): Promise<Record<string, Record<string, unknown>>> {
+  const base: Record<string, Record<string, unknown>> = {
+    listen: { host: '127.0.0.1', port: await freePort() },
+    admin: { host: '127.0.0.1', port: await freePort() },
+    upstream: { url: api.url, timeout: '5s' },
+    token: {
+      url: idp.tokenUrl,
+      authMethod: method,
+      credentials,
+      scope: 'read write',
+      timeout: '2s',
+    },
+    rateLimit: { perSecond: 0, window: { max: 0 }, queue: { max: 1000, timeout: '5s' } },
+    log: { level: 'debug' },
+    shutdown: { timeout: '5s' },
+  };
+  for (const [section, values] of Object.entries(overrides)) {
+    base[section] = { ...base[section], ...values };
+  }
+  return base;
+}
+
 export async function startWorld(options: WorldOptions = {}): Promise<World> {
   const method = options.method ?? 'client_secret_basic';
   const dir = await tempDir();
@@ -73,24 +105,7 @@ export async function startWorld(options: WorldOptions = {}): Promise<World> {
     audience: idp.audience,
     basePath: '/api/v1',
   });
-  const base: Record<string, Record<string, unknown>> = {
-    listen: { host: '127.0.0.1', port: await freePort() },
-    admin: { host: '127.0.0.1', port: await freePort() },
-    upstream: { url: api.url, timeout: '5s' },
-    token: {
-      url: idp.tokenUrl,
-      authMethod: method,
-      credentials,
-      scope: 'read write',
-      timeout: '2s',
-    },
-    rateLimit: { perSecond: 0, window: { max: 0 }, queue: { max: 1000, timeout: '5s' } },
-    log: { level: 'debug' },
-    shutdown: { timeout: '5s' },
-  };
-  for (const [section, values] of Object.entries(options.proxy ?? {})) {
-    base[section] = { ...base[section], ...values };
-  }
+  const base = await proxyConfig(idp, api, method, credentials, options.proxy);
   const proxy = await startProxy({ config: base, ...(options.env ? { env: options.env } : {}) });
   const allSecrets = () => [
     ...secrets,
