@@ -78,7 +78,7 @@ export class SharedBudgetError extends Error {
  * times through one atomic Lua script that uses Redis `TIME`, so pod clocks do not matter.
  *
  * Fails fast while Redis is unreachable (no offline queue, no retry of a sent reservation,
- * `commandTimeout` on every call) and reconnects in the background; `FallbackSlotStore` turns
+ * a timeout on every call) and reconnects in the background; `FallbackSlotStore` turns
  * those failures into local pacing.
  */
 export class RedisSlotStore implements SharedSlotStore {
@@ -109,7 +109,9 @@ export class RedisSlotStore implements SharedSlotStore {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.#where = describeUrl(options.url);
     const redisOptions: RedisOptions = {
-      commandTimeout: this.#timeoutMs,
+      // No `commandTimeout`: ioredis would apply it to the connection's own AUTH, CLIENT SETNAME
+      // and ready check too, and a first connection slower than 250 ms on a busy node would fail
+      // instead of waiting for the connect timeout. Each call is timed here (`#call`).
       connectTimeout: this.#connectTimeoutMs,
       // Fail fast while disconnected instead of queueing reservations that would come back late.
       enableOfflineQueue: false,
@@ -158,9 +160,11 @@ export class RedisSlotStore implements SharedSlotStore {
     let reply: ReserveReply;
     try {
       await this.#whenReady();
-      const raw = await (this.#client as unknown as ReserveCommander)[COMMAND](
-        ...this.#keys,
-        ...reserveArgs(this.#limits, maxDelayMs, notBeforeMs),
+      const raw = await this.#call(
+        (this.#client as unknown as ReserveCommander)[COMMAND](
+          ...this.#keys,
+          ...reserveArgs(this.#limits, maxDelayMs, notBeforeMs),
+        ),
       );
       reply = parseReserveReply(raw);
     } catch (error) {
@@ -183,7 +187,7 @@ export class RedisSlotStore implements SharedSlotStore {
   async ping(): Promise<void> {
     try {
       await this.#whenReady();
-      await this.#client.ping();
+      await this.#call(this.#client.ping());
     } catch (error) {
       this.#metrics.errors.inc();
       throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
@@ -198,6 +202,33 @@ export class RedisSlotStore implements SharedSlotStore {
     this.#closing = true;
     // Nothing to flush: a reservation in flight is worth nothing once the process stops.
     this.#client.disconnect();
+  }
+
+  /**
+   * Settles with the command's reply, or rejects after the command timeout. A command that timed
+   * out may still run in Redis (a reservation then wastes its slot: the safe side). When the timer
+   * fires, the rejection waits for one turn of the event loop (`setImmediate`, after the poll
+   * phase): if the process was busy for longer than the timeout, a reply that has arrived
+   * meanwhile is read and wins, instead of a healthy Redis being reported down.
+   */
+  #call<T>(command: Promise<T>): Promise<T> {
+    const ms = this.#timeoutMs;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(
+        () => setImmediate(() => reject(new Error(`no answer within ${ms} ms`))),
+        ms,
+      );
+      command.then(
+        (reply) => {
+          clearTimeout(timer);
+          resolve(reply);
+        },
+        (error: unknown) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
+    });
   }
 
   /**

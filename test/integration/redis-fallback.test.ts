@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -179,6 +181,42 @@ describe('shared budget falls back to local pacing while Redis is down', () => {
     // Further reservations neither wait for Redis nor log again.
     for (let i = 0; i < 3; i++) await store.reserve(10_000, 0);
     expect(sink.events().filter((e) => e === 'shared_budget_down')).toHaveLength(1);
+  });
+
+  it('waits up to the connect timeout, not the command timeout, for the first connection', async () => {
+    // A relay that holds each new connection for 600 ms before joining it to Redis: the slow
+    // TCP + AUTH + ready check of a replica starting on a busy node.
+    const sockets = new Set<Socket>();
+    const relay = createServer((client) => {
+      client.pause();
+      sockets.add(client);
+      setTimeout(() => {
+        const server = connect(redis.port, '127.0.0.1');
+        sockets.add(server);
+        client.pipe(server).pipe(client);
+        client.resume();
+      }, 600);
+    });
+    relay.listen(0, '127.0.0.1');
+    await once(relay, 'listening');
+    const { port } = relay.address() as AddressInfo;
+    try {
+      const { store, registry } = build(
+        `redis://127.0.0.1:${port}`,
+        `fallback:${randomUUID()}`,
+        10,
+        0.25,
+      );
+      const began = performance.now();
+      const r = await store.reserve(10_000, 0);
+      expect(r.granted).toBe(true);
+      expect(performance.now() - began).toBeGreaterThanOrEqual(500);
+      expect(store.usingShared).toBe(true);
+      expect(await metric(registry, 'm2m_proxy_shared_budget_errors_total')).toBe(0);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      relay.close();
+    }
   });
 
   it('falls back within the command timeout when Redis stops answering without closing', async () => {
