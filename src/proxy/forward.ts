@@ -24,8 +24,11 @@ export interface Outgoing {
   headers: Record<string, string | string[]>;
   /** `null`: no body; a Buffer: a small body kept for a replay; the request itself: streamed. */
   body: Buffer | IncomingMessage | null;
-  /** When set, a response with this status is discarded instead of delivered. */
-  discardStatus?: number;
+  /**
+   * Asked when the upstream answers 401: true discards the response so the request can be
+   * replayed with a renewed token. Absent for bodies that cannot be replayed.
+   */
+  replayOn401?: () => boolean;
 }
 
 /** Discards a response body we are about to retry; undici needs somewhere to write it. */
@@ -85,7 +88,7 @@ export class Forwarder {
           signal: controller.signal,
         },
         ({ statusCode, headers }) => {
-          const delivered = statusCode !== out.discardStatus;
+          const delivered = !(statusCode === 401 && out.replayOn401?.());
           attempt = {
             status: statusCode,
             headers,

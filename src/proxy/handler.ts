@@ -111,15 +111,17 @@ export class ProxyHandler {
     const receivedAt = clock.now();
     try {
       const body = await this.#body(req);
+      let token = await this.#slot(clock.now() + config.rateLimit.queue.timeout, gone.signal);
       const replayable = body === null || Buffer.isBuffer(body);
       const outgoing: Outgoing = {
         method: req.method ?? 'GET',
         path,
         headers: {},
         body,
-        ...(replayable ? { discardStatus: 401 } : {}),
+        ...(replayable
+          ? { replayOn401: () => this.deps.tokens.shouldRenewAfterRejection(token) }
+          : {}),
       };
-      let token = await this.#slot(clock.now() + config.rateLimit.queue.timeout, gone.signal);
       metrics.queueWait.observe((clock.now() - receivedAt) / 1000);
       let attempt = await this.#attempt(req, res, outgoing, token, gone.signal);
       if (!attempt.delivered) {
@@ -127,7 +129,7 @@ export class ProxyHandler {
         // replay once through the pacer: retries count against the budget too.
         await this.deps.tokens.renewAfterRejection(token);
         token = await this.#slot(clock.now() + config.rateLimit.queue.timeout, gone.signal);
-        const { discardStatus: _, ...final } = outgoing;
+        const { replayOn401: _, ...final } = outgoing;
         attempt = await this.#attempt(req, res, final, token, gone.signal);
       }
     } catch (err) {
