@@ -52,6 +52,25 @@ export function retryAfterSeconds(delayMs: number): number {
   return Math.max(1, Math.ceil(delayMs / 1000));
 }
 
+/** A prom-client metric's scrape hook: `collect`, called by `get()` before every read. */
+interface Collectable {
+  collect?: (() => void) | undefined;
+}
+
+/**
+ * Installs `hook` as the scrape-time `collect` of a metric made elsewhere (the `Metrics` class)
+ * and returns its removal. prom-client documents `collect` as a configuration option and keeps it
+ * as a field that `get()` calls before every read, so setting it after construction is the same
+ * hook, owned by the module that knows the value.
+ */
+function onCollect(metric: object, hook: () => void): () => void {
+  const target = metric as Collectable;
+  target.collect = hook;
+  return () => {
+    if (target.collect === hook) target.collect = undefined;
+  };
+}
+
 /** Settles with `promise`, or rejects with the signal's reason as soon as it aborts. */
 function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return promise;
@@ -115,6 +134,8 @@ export class QueuePacer implements Pacer {
   /** The entry whose `serve` is running, and how to wake it early when it leaves. */
   private head: Entry | undefined;
   private wakeHead: (() => void) | undefined;
+  /** Removes the scrape hook of `m2m_proxy_window_remaining`, when one was installed. */
+  private readonly stopWindowGauge: (() => void) | undefined;
 
   constructor(options: QueuePacerOptions) {
     this.store = options.store;
@@ -123,6 +144,17 @@ export class QueuePacer implements Pacer {
     this.admitMax = Math.max(1, options.queueMax);
     this.noQueue = options.queueMax === 0;
     this.queueTimeoutMs = options.queueTimeoutMs;
+    // Setting the gauge only when a reservation is made leaves it stale while no request comes:
+    // after a burst it would read 0 for good, although the window empties `window.length` later.
+    // A store that knows the window synchronously is read at every scrape instead.
+    const store = this.store;
+    if (store.windowRemaining) {
+      const gauge = this.metrics.windowRemaining;
+      this.stopWindowGauge = onCollect(gauge, () => {
+        const remaining = store.windowRemaining?.();
+        if (remaining !== undefined) gauge.set(remaining);
+      });
+    }
   }
 
   /** Requests currently waiting for `ready` or a slot. */
@@ -166,6 +198,7 @@ export class QueuePacer implements Pacer {
    */
   async close(): Promise<void> {
     this.closed = true;
+    this.stopWindowGauge?.();
     for (const entry of this.entries) this.leave(entry, new ProxyError('shutting_down'));
     this.fifo.clear();
     await this.store.close();

@@ -60,6 +60,14 @@ export interface SlotStore {
    * nothing and says when a start would be allowed.
    */
   reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation>;
+  /**
+   * Optional: starts still allowed in the sliding window as of now (reserved future starts count
+   * as used); `undefined` when there is no window. Only a store that can answer synchronously,
+   * without I/O, implements it: the pacer then reads it at every metrics scrape, so
+   * `m2m_proxy_window_remaining` rises again as starts leave the window even when no request
+   * comes. A store without it (Redis) leaves the gauge at the value of its last reservation.
+   */
+  windowRemaining?(): number | undefined;
   /** Releases connections and timers. */
   close(): Promise<void>;
 }
