@@ -102,7 +102,7 @@ export class ProxyHandler {
   }
 
   async #forward(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
-    const { config, clock, metrics } = this.deps;
+    const { config, clock } = this.deps;
     const gone = new AbortController();
     const onClose = () => {
       if (!res.writableFinished) gone.abort(new ClientGone());
@@ -111,7 +111,8 @@ export class ProxyHandler {
     const receivedAt = clock.now();
     try {
       const body = await this.#body(req);
-      let token = await this.#slot(clock.now() + config.rateLimit.queue.timeout, gone.signal);
+      // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
+      let token = await this.#slot(receivedAt + config.rateLimit.queue.timeout, gone.signal);
       const replayable = body === null || Buffer.isBuffer(body);
       const outgoing: Outgoing = {
         method: req.method ?? 'GET',
@@ -122,7 +123,6 @@ export class ProxyHandler {
           ? { replayOn401: () => this.deps.tokens.shouldRenewAfterRejection(token) }
           : {}),
       };
-      metrics.queueWait.observe((clock.now() - receivedAt) / 1000);
       let attempt = await this.#attempt(req, res, outgoing, token, gone.signal);
       if (!attempt.delivered) {
         // 401 on a replayable request: renew once (shared by every request that saw it), then
