@@ -12,6 +12,13 @@ import {
   type SlotStore,
 } from './types.js';
 
+/**
+ * Lateness that is timer granularity, not a stall: timers fire in whole milliseconds and
+ * rarely exactly on time. Recording it would lower the achieved rate by that much every
+ * interval (1.2 % at 6/s) without protecting anything.
+ */
+const TIMER_SLACK_MS = 2;
+
 /** Node's largest timer delay (2^31 − 1 ms); a longer one fires after 1 ms instead. */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -305,12 +312,17 @@ export class QueuePacer implements Pacer {
         }
         // Measured on the local clock after the store answered: with Redis the answer is
         // relative to the server's "now", and counting from after the round trip errs late.
-        await this.sleepUntil(entry, this.clock.now() + reservation.delayMs);
+        const reservedAt = this.clock.now() + reservation.delayMs;
+        await this.sleepUntil(entry, reservedAt);
         // Left while waiting for its slot (abort, close): the slot stays unused.
         if (entry.settled) return;
         // An upstream pause that arrived while waiting: the reserved slot is left unused (it
         // stays counted: safe side) and a new one is reserved after the pause.
         if (this.pausedUntil > this.clock.now()) continue;
+        // Started late (a stall): record the real start, or the next slot, already due, would
+        // follow it closer than the limits allow.
+        const lateMs = this.clock.now() - reservedAt;
+        if (lateMs > TIMER_SLACK_MS) this.store.started?.(lateMs);
         this.start(entry);
       }
     } finally {

@@ -68,6 +68,14 @@ export interface SlotStore {
    * comes. A store without it (Redis) leaves the gauge at the value of its last reservation.
    */
   windowRemaining?(): number | undefined;
+  /**
+   * Optional: the request holding the latest reservation started `lateMs` after its reserved
+   * time (an event-loop stall, a timer firing late). A store in this process moves the recorded
+   * start to the real one, so the slots after it shift too and the limits hold for the starts
+   * the upstream actually sees, not only for the schedule. (Redis keeps the schedule: a late
+   * start there is the safe side of the fleet's budget only up to the lateness.)
+   */
+  started?(lateMs: number): void;
   /** Releases connections and timers. */
   close(): Promise<void>;
 }

@@ -416,4 +416,34 @@ describe('PassThroughPacer and createPacer', () => {
     ).rejects.toBe(failure);
     expect(pacer.waiting).toBe(0);
   });
+
+  it('keeps the limits on real start times when a start is late (a stalled event loop)', async () => {
+    // One timer fires 150 ms late, as after a GC pause or a blocked event loop. Without moving the
+    // recorded start, the next slot (already due) would follow the late start at once.
+    let stalls = 1;
+    const stallingClock = {
+      ...systemClock,
+      setTimeout: (fn: () => void, ms: number) =>
+        systemClock.setTimeout(fn, ms > 0 && stalls-- > 0 ? ms + 150 : ms),
+    };
+    const metrics = new Metrics(new Registry(), { defaultMetrics: false });
+    const store = new LocalSlotStore({
+      perSecond: 10,
+      burst: 1,
+      windowMax: 0,
+      windowMs: 1,
+      clock: stallingClock,
+    });
+    const pacer = new QueuePacer({
+      store,
+      clock: stallingClock,
+      metrics,
+      queueMax: 100,
+      queueTimeoutMs: 30_000,
+    });
+    const starts = Array.from({ length: 4 }, () => track(pacer.acquire({ deadline: FOREVER })));
+    await vi.advanceTimersByTimeAsync(2000);
+    const at = starts.map((s) => (s.at as number) - T0);
+    expect(at).toEqual([0, 250, 350, 450]);
+  });
 });
