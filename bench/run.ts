@@ -11,6 +11,7 @@
  *   BENCH_CPU_PROF=1  run m2m-proxy with --cpu-prof (profiles in results/prof, summarised)
  *   BENCH_STRICT=1    exit 1 when a target fails
  *   BENCH_NGINX=path  nginx binary (default /usr/sbin/nginx; skipped when absent)
+ *   BENCH_M2M=path    the proxy's entry point (default dist/main.js)
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
@@ -113,7 +114,7 @@ async function main(): Promise<void> {
     quick,
     cpuProf: ctx.cpuProf,
   };
-  const machine = `${meta.date.slice(0, 10)} · Node ${meta.node} · ${meta.nproc} × ${meta.cpu} · nginx ${meta.nginx}`;
+  const machine = `${meta.date.slice(0, 10)} · Node ${meta.node} · ${meta.nproc} × ${meta.cpu} · ${nginx ?? 'no nginx'}`;
   console.log(
     `m2m-proxy bench — ${machine}${quick ? ' · QUICK' : ''}${ctx.cpuProf ? ' · CPU PROFILE' : ''}`,
   );

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { freePort, stopProcess, waitForHttp } from './processes.js';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
-export const mainJs = join(repoRoot, 'dist', 'main.js');
+/** The proxy's entry point; `BENCH_M2M` benchmarks another build (e.g. a release's). */
+export const mainJs = process.env.BENCH_M2M ?? join(repoRoot, 'dist', 'main.js');
 export const profDir = join(repoRoot, 'bench', 'results', 'prof');
 
 /** The parts of the configuration a run varies; everything else is fixed below. */

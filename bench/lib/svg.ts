@@ -21,6 +21,7 @@ function niceMax(v: number): number {
 }
 
 function fmt(v: number, unit: 'rps' | 'ms'): string {
+  if (v === 0) return '0';
   if (unit === 'rps') return v >= 1000 ? `${(v / 1000).toFixed(1)}k` : String(Math.round(v));
   return v >= 10 ? v.toFixed(0) : v.toFixed(1);
 }
@@ -32,7 +33,7 @@ function panel(
   width: number,
   title: string,
 ): string {
-  const top = 60;
+  const top = 84;
   const height = 220;
   const left = 48;
   const plotW = width - left - 10;
@@ -41,7 +42,7 @@ function panel(
   const y = (v: number) => top + height - (v / max) * height;
   const unit = metric === 'rps' ? 'rps' : 'ms';
   const out: string[] = [
-    `<text x="${x0 + left + plotW / 2}" y="${top - 22}" text-anchor="middle" font-weight="bold">${esc(title)}</text>`,
+    `<text x="${x0 + left + plotW / 2}" y="${top - 24}" text-anchor="middle" font-weight="bold">${esc(title)}</text>`,
   ];
   for (let i = 0; i <= 4; i++) {
     const v = (max * i) / 4;
@@ -77,14 +78,14 @@ function panel(
 export function chartSvg(series: readonly ChartSeries[], subtitle: string): string {
   const width = 960;
   const half = width / 2;
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="340" viewBox="0 0 ${width} 340" font-family="system-ui, sans-serif" font-size="12">
-<rect width="${width}" height="340" fill="#fff"/>
-<text x="${half}" y="18" text-anchor="middle" font-size="14" font-weight="bold">m2m-proxy bench: forwarding overhead (50 connections, pacing off)</text>
-<text x="${half}" y="34" text-anchor="middle" fill="#555">${esc(subtitle)}</text>
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="360" viewBox="0 0 ${width} 360" font-family="system-ui, sans-serif" font-size="12">
+<rect width="${width}" height="360" fill="#fff"/>
+<text x="${half}" y="20" text-anchor="middle" font-size="15" font-weight="bold">m2m-proxy bench: forwarding overhead (50 connections, pacing off)</text>
+<text x="${half}" y="38" text-anchor="middle" fill="#555">${esc(subtitle)}</text>
 ${panel(series, 'rps', 0, half, 'requests per second (higher is better)')}
 ${panel(series, 'p99', half, half, 'p99 latency, ms (lower is better)')}
-<rect x="${half - 70}" y="318" width="10" height="10" fill="${COLORS.GET}"/><text x="${half - 56}" y="327">GET</text>
-<rect x="${half + 10}" y="318" width="10" height="10" fill="${COLORS.POST}"/><text x="${half + 24}" y="327">POST 1 KB</text>
+<rect x="${half - 70}" y="338" width="10" height="10" fill="${COLORS.GET}"/><text x="${half - 56}" y="347">GET</text>
+<rect x="${half + 10}" y="338" width="10" height="10" fill="${COLORS.POST}"/><text x="${half + 24}" y="347">POST 1 KB</text>
 </svg>
 `;
 }

@@ -1,6 +1,6 @@
 /**
  * Run 3, token efficiency: (a) 500 requests at the same instant on a cold proxy while the first
- * token request is still in flight (the token endpoint answers after 300 ms): exactly one token
+ * token request is still in flight (the token endpoint answers after 500 ms): exactly one token
  * request; (b) steady load across several short token lifetimes (`expires_in` 4 s,
  * minRemaining 1 s): every token lifetime sees exactly one token request (its renewal), and no
  * request waits for a renewal (pacing is off, so nothing explains a request slower than the
@@ -45,7 +45,9 @@ export interface TokenResult {
 }
 
 const COLD_CONCURRENCY = 500;
-const TOKEN_DELAY_MS = 300;
+// 500 ms: long enough that a request which waited for a renewal stands out, short enough that
+// the renewal (at 3 s of a 4 s lifetime) lands before the old token expires.
+const TOKEN_DELAY_MS = 500;
 const EXPIRES_IN_S = 4;
 
 export async function runToken(
