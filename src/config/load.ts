@@ -62,13 +62,18 @@ export async function loadConfig(
   const decoded = configSchema.decode(raw, [], issues);
   if (decoded && issues.length === 0) issues.push(...crossCheck(decoded));
   if (issues.length > 0 || !decoded) {
-    throw new ConfigError(
-      issues.map((issue) => {
-        const key = issue.path.join('.');
-        const where = fromEnv.get(key) ?? locate(doc, lines, file, issue.path);
-        return `${where}: ${key || '(top level)'}: ${issue.message}`;
-      }),
-    );
+    const located = issues.map((issue) => {
+      const key = issue.path.join('.');
+      const env = fromEnv.get(key);
+      const pos = env ? undefined : locate(doc, lines, issue.path);
+      const where = env ?? (pos ? `${file}:${pos.line}:${pos.col}` : file);
+      return {
+        text: `${where}: ${key || '(top level)'}: ${issue.message}`,
+        order: pos ? pos.line * 1e6 + pos.col : 0,
+      };
+    });
+    // In file order, so the list reads top to bottom; keys without a position come first.
+    throw new ConfigError(located.sort((a, b) => a.order - b.order).map((p) => p.text));
   }
   return deepFreeze(decoded);
 }
@@ -86,7 +91,8 @@ function applyEnv(
     if (child.kind === 'scalar') {
       const name = envName(childPath);
       const value = env[name];
-      if (value !== undefined) {
+      // An empty variable counts as unset: manifests often template `VAR: ""` for "no override".
+      if (value !== undefined && value !== '') {
         target[key] = value;
         fromEnv.set(childPath.join('.'), `${name} (environment)`);
       }
@@ -99,8 +105,12 @@ function applyEnv(
   }
 }
 
-/** `file:line:col` of the deepest key of `path` present in the YAML, else the file name. */
-function locate(doc: Document, lines: LineCounter, file: string, path: readonly string[]): string {
+/** Line and column of the deepest key of `path` present in the YAML. */
+function locate(
+  doc: Document,
+  lines: LineCounter,
+  path: readonly string[],
+): { line: number; col: number } | undefined {
   let node: unknown = doc.contents;
   let offset: number | undefined;
   for (const segment of path) {
@@ -110,9 +120,7 @@ function locate(doc: Document, lines: LineCounter, file: string, path: readonly 
     if (isScalar(pair.key) && pair.key.range) offset = pair.key.range[0];
     node = pair.value;
   }
-  if (offset === undefined) return file;
-  const pos = lines.linePos(offset);
-  return `${file}:${pos.line}:${pos.col}`;
+  return offset === undefined ? undefined : lines.linePos(offset);
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -95,13 +95,16 @@ export const number = (
 ) =>
   scalar<number>((raw) => {
     const n = toNumber(raw);
-    const what = `${opts.positive ? 'a positive' : 'a'} ${opts.integer ? 'integer' : 'number'}`;
+    const kind = opts.integer ? 'integer' : 'number';
+    const what = opts.positive ? `a positive ${kind}` : opts.integer ? 'an integer' : 'a number';
     const range =
       opts.min !== undefined && opts.max !== undefined
         ? ` between ${opts.min} and ${opts.max}`
         : opts.min !== undefined
           ? ` of at least ${opts.min}`
-          : '';
+          : opts.max !== undefined
+            ? ` of at most ${opts.max}`
+            : '';
     const message = `must be ${what}${range}`;
     if (n === undefined) return fail(message);
     if (opts.integer && !Number.isInteger(n)) return fail(message);

@@ -1,0 +1,141 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Registry } from 'prom-client';
+import { createAdminServer } from './admin/server.js';
+import { type Clock, systemClock } from './clock.js';
+import type { Config } from './config/config.js';
+import {
+  type ClientCredentials,
+  credentialFiles,
+  readCredentials,
+} from './credentials/credentials.js';
+import { CredentialWatcher } from './credentials/watcher.js';
+import type { Logger } from './log/logger.js';
+import { Metrics } from './metrics/metrics.js';
+import type { Pacer } from './pacing/types.js';
+import { UnpacedPacer } from './pacing/unpaced.js';
+import { Forwarder } from './proxy/forward.js';
+import { ProxyHandler } from './proxy/handler.js';
+import { TokenClient } from './token/client.js';
+import { TokenManager } from './token/manager.js';
+
+/** A running proxy: both servers listening, the token being kept fresh. */
+export interface App {
+  readonly proxyAddress: AddressInfo;
+  readonly adminAddress: AddressInfo;
+  readonly metrics: Metrics;
+  /** SIGTERM's work: 503 for new requests, drain within `shutdown.timeout`, close everything. */
+  shutdown(): Promise<void>;
+}
+
+export interface AppDeps {
+  config: Config;
+  credentials: ClientCredentials;
+  env: Readonly<Record<string, string | undefined>>;
+  logger: Logger;
+  clock?: Clock;
+  registry?: Registry;
+}
+
+/** Wires the modules together and starts listening at once (the first token is fetched meanwhile). */
+export async function startApp(deps: AppDeps): Promise<App> {
+  const { config, logger, env } = deps;
+  const clock = deps.clock ?? systemClock;
+  const metrics = new Metrics(deps.registry ?? new Registry());
+  let credentials = deps.credentials;
+
+  const tokens = new TokenManager({
+    config: config.token,
+    source: new TokenClient(config.token),
+    credentials: () => credentials,
+    clock,
+    logger,
+    metrics,
+  });
+  const watcher = new CredentialWatcher(
+    credentialFiles(config.token.credentials),
+    credentials,
+    () => readCredentials(config.token, env),
+    (next) => {
+      credentials = next;
+      tokens.credentialsChanged();
+    },
+    logger,
+  );
+  const pacer: Pacer = new UnpacedPacer(config.rateLimit.queue.max);
+  const forwarder = new Forwarder(config.upstream);
+  const handler = new ProxyHandler({ config, tokens, pacer, forwarder, metrics, logger, clock });
+
+  const proxy = createServer(handler.handle);
+  // Node's defaults (5 s keep-alive) would drop idle client connections sooner than clients expect.
+  proxy.keepAliveTimeout = 65_000;
+  proxy.on('clientError', (_err, socket) => {
+    // Malformed HTTP never reaches the handler: answer in the catalogue's format and close.
+    if (socket.writable) {
+      const body = JSON.stringify({
+        error: 'bad_request',
+        message: 'The request is not valid HTTP.',
+      });
+      socket.end(
+        `HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: application/json\r\nx-m2m-proxy-error: bad_request\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+    }
+    metrics.requestsRejected.inc({ reason: 'bad_request' });
+  });
+  const admin = createAdminServer(metrics.registry, () => {
+    if (handler.shuttingDown) return 'shutting_down';
+    if (!tokens.current()) return tokens.expiresAt === undefined ? 'no_token_yet' : 'token_expired';
+    return undefined;
+  });
+
+  tokens.start();
+  await Promise.all([
+    listen(proxy, config.listen.host, config.listen.port),
+    listen(admin, config.admin.host, config.admin.port),
+  ]);
+  const proxyAddress = proxy.address() as AddressInfo;
+  const adminAddress = admin.address() as AddressInfo;
+  logger.info({
+    event: 'listening',
+    proxy: `${proxyAddress.address}:${proxyAddress.port}`,
+    admin: `${adminAddress.address}:${adminAddress.port}`,
+    upstream: config.upstream.url,
+  });
+
+  let shutdown: Promise<void> | undefined;
+  return {
+    proxyAddress,
+    adminAddress,
+    metrics,
+    shutdown() {
+      shutdown ??= (async () => {
+        logger.info({ event: 'shutting_down', inFlight: handler.inFlight });
+        const left = await handler.drain(config.shutdown.timeout);
+        if (left > 0) logger.warn({ event: 'shutdown_timeout', abandoned: left });
+        watcher.close();
+        tokens.stop();
+        proxy.closeAllConnections();
+        await Promise.all([close(proxy), close(admin), pacer.close(), forwarder.close()]);
+        logger.info({ event: 'stopped' });
+      })();
+      return shutdown;
+    },
+  };
+}
+
+function listen(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+function close(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+  });
+}

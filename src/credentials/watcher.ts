@@ -1,0 +1,69 @@
+import { type FSWatcher, watch } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Logger } from '../log/logger.js';
+import { type ClientCredentials, sameCredentials } from './credentials.js';
+
+/** How long to let a burst of file events settle before re-reading (a `..data` swap is several). */
+const SETTLE_MS = 200;
+
+/**
+ * Watches the directories of the credential files. Kubernetes updates a secret volume by
+ * writing a new timestamped directory and atomically renaming the `..data` symlink, so the file
+ * paths never change but the directory sees events; watching the directory, not the file,
+ * survives the swap. On a change the credentials are re-read and `onChange` is called only when
+ * they differ. A read that fails (e.g. mid-swap) keeps the previous credentials.
+ */
+export class CredentialWatcher {
+  readonly #watchers: FSWatcher[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #current: ClientCredentials;
+  #closed = false;
+
+  constructor(
+    files: readonly string[],
+    initial: ClientCredentials,
+    private readonly read: () => Promise<ClientCredentials>,
+    private readonly onChange: (credentials: ClientCredentials) => void,
+    private readonly logger: Logger,
+  ) {
+    this.#current = initial;
+    for (const dir of new Set(files.map((f) => dirname(f)))) {
+      try {
+        const watcher = watch(dir, { persistent: false }, () => this.#schedule());
+        watcher.on('error', (err) =>
+          this.logger.warn({ event: 'credentials_watch_error', dir, err: err.message }),
+        );
+        this.#watchers.push(watcher);
+      } catch (err) {
+        this.logger.warn({ event: 'credentials_watch_error', dir, err: (err as Error).message });
+      }
+    }
+  }
+
+  #schedule(): void {
+    if (this.#closed) return;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => void this.#reload(), SETTLE_MS);
+  }
+
+  async #reload(): Promise<void> {
+    let next: ClientCredentials;
+    try {
+      next = await this.read();
+    } catch (err) {
+      // The message names the file and the error code only (CredentialError never holds content).
+      this.logger.warn({ event: 'credentials_reload_failed', err: (err as Error).message });
+      return;
+    }
+    if (this.#closed || sameCredentials(this.#current, next)) return;
+    this.#current = next;
+    this.logger.info({ event: 'credentials_changed' });
+    this.onChange(next);
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    for (const w of this.#watchers) w.close();
+  }
+}

@@ -1,0 +1,115 @@
+import { readFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Writable } from 'node:stream';
+import { type Dispatcher, Pool } from 'undici';
+import type { Config } from '../config/config.js';
+import { ProxyError } from '../errors.js';
+import { clientResponseHeaders } from './headers.js';
+
+/** How one attempt towards the upstream ended. */
+export interface Attempt {
+  status: number;
+  /** Response headers as the upstream sent them (for `Retry-After`). */
+  headers: Record<string, string | string[] | undefined>;
+  /** False when the response was discarded so the request can be retried (a 401). */
+  delivered: boolean;
+  /** Seconds from sending until the response headers arrived. */
+  headersAfter: number;
+}
+
+/** What an attempt sends. */
+export interface Outgoing {
+  method: string;
+  path: string;
+  headers: Record<string, string | string[]>;
+  /** `null`: no body; a Buffer: a small body kept for a replay; the request itself: streamed. */
+  body: Buffer | IncomingMessage | null;
+  /** When set, a response with this status is discarded instead of delivered. */
+  discardStatus?: number;
+}
+
+/** Discards a response body we are about to retry; undici needs somewhere to write it. */
+const discard = () =>
+  new Writable({
+    write(_chunk, _enc, cb) {
+      cb();
+    },
+  });
+
+/**
+ * Streams requests to the one upstream over a keep-alive undici `Pool` and streams each response
+ * straight into the client's `ServerResponse` (no buffering in either direction).
+ */
+export class Forwarder {
+  readonly #pool: Dispatcher;
+  readonly #timeout: number;
+
+  constructor(config: Config['upstream'], dispatcher?: Dispatcher) {
+    const origin = new URL(config.url).origin;
+    this.#timeout = config.timeout;
+    this.#pool =
+      dispatcher ??
+      new Pool(origin, {
+        // A whole-response timer in `send` enforces upstream.timeout; these keep undici's own
+        // (longer) defaults from firing first or later than ours.
+        headersTimeout: config.timeout,
+        bodyTimeout: config.timeout,
+        ...(config.caFile ? { connect: { ca: readFileSync(config.caFile, 'utf8') } } : {}),
+      });
+  }
+
+  /**
+   * Sends one attempt and delivers the response to `res`. Rejects with `upstream_timeout` when no
+   * complete response arrives within `upstream.timeout`, `upstream_unreachable` for connection,
+   * TLS and DNS failures, or the client's abort reason when `signal` fires.
+   */
+  async send(out: Outgoing, res: ServerResponse, signal: AbortSignal): Promise<Attempt> {
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort(new ProxyError('upstream_timeout'));
+    }, this.#timeout);
+    const onClientGone = () => controller.abort(signal.reason);
+    signal.addEventListener('abort', onClientGone, { once: true });
+
+    const sentAt = performance.now();
+    let attempt: Attempt | undefined;
+    try {
+      await this.#pool.stream(
+        {
+          method: out.method as Dispatcher.HttpMethod,
+          path: out.path,
+          headers: out.headers,
+          body: out.body,
+          signal: controller.signal,
+        },
+        ({ statusCode, headers }) => {
+          const delivered = statusCode !== out.discardStatus;
+          attempt = {
+            status: statusCode,
+            headers,
+            delivered,
+            headersAfter: (performance.now() - sentAt) / 1000,
+          };
+          if (!delivered) return discard();
+          res.writeHead(statusCode, clientResponseHeaders(headers));
+          return res;
+        },
+      );
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      if (timedOut) throw new ProxyError('upstream_timeout');
+      if (attempt) throw err; // the response had begun: nothing to replace it with
+      throw new ProxyError('upstream_unreachable', undefined, { cause: err });
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onClientGone);
+    }
+    return attempt as Attempt;
+  }
+
+  close(): Promise<void> {
+    return this.#pool.close();
+  }
+}

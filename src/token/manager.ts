@@ -1,0 +1,259 @@
+import type { Clock, Timer } from '../clock.js';
+import type { Config } from '../config/config.js';
+import type { ClientCredentials } from '../credentials/credentials.js';
+import type { Secret } from '../credentials/secret.js';
+import { ProxyError } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { type IssuedToken, TokenRequestError, type TokenSource } from './client.js';
+
+/**
+ * Lifetime assumed when the provider gives neither `expires_in` nor a JWT `exp`. Five minutes is
+ * short enough that a token is renewed well before any common provider's expiry (Okta, Entra ID,
+ * Auth0 issue 1 h); if the real lifetime is shorter, the upstream's 401 triggers a renewal anyway.
+ */
+export const DEFAULT_LIFETIME_MS = 5 * 60_000;
+
+/** What the manager needs; the clock and randomness are injected so tests run in fake time. */
+export interface TokenManagerDeps {
+  config: Config['token'];
+  source: TokenSource;
+  credentials: () => ClientCredentials;
+  clock: Clock;
+  logger: Logger;
+  metrics: Metrics;
+  /** Uniform in [0, 1): the jitter of the retry backoff. */
+  random?: () => number;
+}
+
+interface Held {
+  readonly token: Secret;
+  readonly expiresAt: number;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * Holds exactly one access token and keeps it fresh (CONTRACT.md, "Token lifecycle").
+ *
+ * - Renewal is scheduled at the earlier of `refreshAt × lifetime` and `expiry − minRemaining`.
+ * - At most one token request is in flight, whatever the demand (`#renewal` is the single flight).
+ * - A failed renewal is retried with exponential backoff and full jitter between `retry.min` and
+ *   `retry.max`; the current token is served until it truly expires.
+ * - The process never stops because of the token endpoint: every failure ends in a new timer.
+ */
+export class TokenManager {
+  #held: Held | undefined;
+  #renewal: Promise<void> | undefined;
+  #timer: Timer | undefined;
+  #expiryTimer: Timer | undefined;
+  #failures = 0;
+  #stopped = false;
+  readonly #waiters = new Set<Waiter>();
+  readonly #random: () => number;
+
+  constructor(private readonly deps: TokenManagerDeps) {
+    this.#random = deps.random ?? Math.random;
+  }
+
+  /** Fetches the first token in the background. */
+  start(): void {
+    void this.renew();
+  }
+
+  /** The token to send, if one is held and has not expired. */
+  current(): Secret | undefined {
+    const held = this.#held;
+    return held && held.expiresAt > this.deps.clock.now() ? held.token : undefined;
+  }
+
+  /** Expiry (clock ms) of the token held, `undefined` when none. */
+  get expiresAt(): number | undefined {
+    return this.#held?.expiresAt;
+  }
+
+  /**
+   * Resolves once a valid token is held. Rejects with `ProxyError('token_unavailable')` at
+   * `deadline`, or with the signal's reason when the client goes away.
+   */
+  waitForToken(deadline: number, signal?: AbortSignal): Promise<void> {
+    if (this.current()) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const finish = () => {
+        this.deps.clock.clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.#waiters.delete(waiter);
+      };
+      const waiter: Waiter = {
+        resolve: () => {
+          finish();
+          resolve();
+        },
+        reject: (err) => {
+          finish();
+          reject(err);
+        },
+      };
+      const onAbort = () => waiter.reject(signal?.reason);
+      const timer = this.deps.clock.setTimeout(
+        () => waiter.reject(new ProxyError('token_unavailable')),
+        deadline - this.deps.clock.now(),
+      );
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#waiters.add(waiter);
+    });
+  }
+
+  /**
+   * The upstream answered 401 to `rejected`. Renews once however many requests saw that 401:
+   * only the first caller whose token is still the current one starts a renewal; the others join
+   * it, and callers after it find a newer token and return at once.
+   */
+  async renewAfterRejection(rejected: Secret): Promise<void> {
+    if (this.#renewal) return this.#renewal;
+    if (this.#held?.token !== rejected) return;
+    this.deps.logger.info({ event: 'token_rejected_by_upstream' });
+    return this.renew();
+  }
+
+  /** The credentials changed: renew at once with the new ones. */
+  credentialsChanged(): void {
+    this.#failures = 0;
+    // A renewal in flight still uses the old credentials: renew again after it.
+    if (this.#renewal) void this.#renewal.then(() => this.renew());
+    else void this.renew();
+  }
+
+  /** Starts a renewal unless one is in flight; resolves when it ends (it never rejects). */
+  renew(): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    this.#renewal ??= this.#fetch().finally(() => {
+      this.#renewal = undefined;
+    });
+    return this.#renewal;
+  }
+
+  /** Cancels timers; waiters get `token_unavailable`. */
+  stop(): void {
+    this.#stopped = true;
+    this.#clear();
+    if (this.#expiryTimer) this.deps.clock.clearTimeout(this.#expiryTimer);
+    for (const w of this.#waiters) w.reject(new ProxyError('token_unavailable'));
+  }
+
+  async #fetch(): Promise<void> {
+    const { clock, config, metrics, logger } = this.deps;
+    this.#clear();
+    // The lifetime counts from when the request was sent: the safe side of the network delay.
+    const sentAt = clock.now();
+    let issued: IssuedToken;
+    try {
+      issued = await this.deps.source.requestToken(this.deps.credentials());
+    } catch (err) {
+      this.#failed(err);
+      return;
+    }
+    if (this.#stopped) return;
+    const lifetime = issued.lifetimeMs ?? DEFAULT_LIFETIME_MS;
+    const expiresAt = sentAt + lifetime;
+    this.#held = { token: issued.accessToken, expiresAt };
+    this.#failures = 0;
+    metrics.tokenRefreshes.inc({ result: 'success' });
+    metrics.tokenExpiry.set(expiresAt / 1000);
+    const renewIn =
+      renewalDelay(lifetime, config.refreshAt, config.minRemaining) - (clock.now() - sentAt);
+    logger.info({
+      event: 'token_renewed',
+      expiresInSeconds: Math.round(lifetime / 1000),
+      lifetimeFrom: issued.lifetimeMs === undefined ? 'default' : 'response',
+      nextRenewalInSeconds: Math.round(Math.max(0, renewIn) / 1000),
+    });
+    this.#timer = this.#unref(clock.setTimeout(() => void this.renew(), Math.max(0, renewIn)));
+    this.#armExpiry(expiresAt);
+    for (const w of this.#waiters) w.resolve();
+  }
+
+  #failed(err: unknown): void {
+    const { clock, config, metrics, logger } = this.deps;
+    const e =
+      err instanceof TokenRequestError
+        ? err
+        : new TokenRequestError(
+            'network',
+            `token request failed: ${(err as Error)?.message ?? String(err)}`,
+          );
+    metrics.tokenRefreshes.inc({ result: 'failure' });
+    metrics.tokenRefreshFailures.inc({ reason: e.reason });
+    this.#failures += 1;
+    const delay = backoffDelay(this.#failures, config.retry.min, config.retry.max, this.#random);
+    const held = this.#held;
+    logger.warn({
+      event: 'token_renewal_failed',
+      reason: e.reason,
+      status: e.status,
+      error: e.oauthError,
+      error_description: e.oauthErrorDescription,
+      message: e.message,
+      endpoint: config.url,
+      attempt: this.#failures,
+      retryInMs: Math.round(delay),
+      currentTokenValidForSeconds: held
+        ? Math.max(0, Math.round((held.expiresAt - clock.now()) / 1000))
+        : 0,
+    });
+    if (!this.#stopped) this.#timer = this.#unref(clock.setTimeout(() => void this.renew(), delay));
+  }
+
+  #armExpiry(expiresAt: number): void {
+    const { clock } = this.deps;
+    if (this.#expiryTimer) clock.clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = this.#unref(
+      clock.setTimeout(() => {
+        if (this.#held?.expiresAt !== expiresAt) return;
+        this.deps.metrics.tokenExpiry.set(0);
+        this.deps.logger.error({
+          event: 'token_expired',
+          message: 'no valid token: requests wait for a renewal',
+        });
+      }, expiresAt - clock.now()),
+    );
+  }
+
+  #clear(): void {
+    if (this.#timer) this.deps.clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #unref(timer: Timer): Timer {
+    timer.unref?.();
+    return timer;
+  }
+}
+
+/**
+ * When to renew a token of `lifetime` ms: the earlier of `refreshAt × lifetime` and
+ * `lifetime − minRemaining`. When the token lives shorter than `minRemaining` the second rule
+ * would ask for a renewal at once, forever; then only the first applies.
+ */
+export function renewalDelay(lifetime: number, refreshAt: number, minRemaining: number): number {
+  const byShare = refreshAt * lifetime;
+  const byMargin = lifetime - minRemaining;
+  return byMargin > 0 ? Math.min(byShare, byMargin) : byShare;
+}
+
+/**
+ * Exponential backoff with full jitter (as in the AWS architecture blog's "Exponential Backoff
+ * and Jitter"), floored at `min`: attempt n waits a uniform time in [min, min(max, min × 2ⁿ)].
+ */
+export function backoffDelay(
+  attempt: number,
+  min: number,
+  max: number,
+  random: () => number,
+): number {
+  const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30));
+  return min + random() * (ceiling - min);
+}

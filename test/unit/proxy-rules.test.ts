@@ -1,0 +1,134 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { PROXY_ERRORS, ProxyError } from '../../src/errors.js';
+import { retryAfterMs } from '../../src/proxy/handler.js';
+import { clientResponseHeaders, upstreamRequestHeaders } from '../../src/proxy/headers.js';
+import { pathPrefix, upstreamPath } from '../../src/proxy/target.js';
+
+describe('request targets', () => {
+  it('appends origin-form targets to the upstream prefix', () => {
+    expect(upstreamPath('/api/v1', '/users?id=1')).toBe('/api/v1/users?id=1');
+    expect(upstreamPath('', '/')).toBe('/');
+    expect(upstreamPath('/api', '/a/b.json?x=../y')).toBe('/api/a/b.json?x=../y'); // dots in the query are data
+    expect(upstreamPath('/api', '/files/..hidden/v1.2')).toBe('/api/files/..hidden/v1.2');
+    expect(pathPrefix(new URL('https://api.example.test/api/v1/'))).toBe('/api/v1');
+    expect(pathPrefix(new URL('https://api.example.test'))).toBe('');
+  });
+
+  it.each([
+    'http://other.example/',
+    'https://other.example/x',
+    'other.example:443',
+    '*',
+    '',
+    '//other.example/x',
+    '/../admin',
+    '/a/../../admin',
+    '/a/..',
+    '/a/./b',
+    '/%2e%2e/admin',
+    '/%2E%2E/admin',
+    '/.%2e/admin',
+    '/a/..%2f..%2fadmin',
+    '/a/..%5cadmin',
+    '/a\\..\\admin',
+    '/a/%ZZ',
+  ])('refuses %j', (target) => {
+    expect(upstreamPath('/api/v1', target)).toBeUndefined();
+  });
+
+  it('never yields a path that climbs above the prefix (property)', () => {
+    const segment = fc.oneof(
+      fc.constantFrom('..', '.', '%2e%2e', '%2E.', '.%2e', '..%2f', '%5c..', 'a', 'b', '%41', ''),
+      fc.stringMatching(/^[a-z0-9._~-]{0,6}$/),
+    );
+    fc.assert(
+      fc.property(fc.array(segment, { maxLength: 8 }), (segments) => {
+        const path = upstreamPath('/api/v1', `/${segments.join('/')}`);
+        if (path === undefined) return;
+        // Resolve the path the way a URL parser (and so an upstream router) would.
+        const resolved = new URL(path, 'http://upstream.test').pathname;
+        expect(resolved.startsWith('/api/v1')).toBe(true);
+        const decoded = decodeURIComponent(resolved).replace(/\\/g, '/');
+        expect(decoded.split('/')).not.toContain('..');
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
+describe('headers', () => {
+  it("drops the client's credentials and hop-by-hop headers and sets the bearer", () => {
+    const out = upstreamRequestHeaders(
+      {
+        host: 'localhost:8080',
+        authorization: 'Basic Y2xpZW50OnNlY3JldA==',
+        'proxy-authorization': 'Basic eA==',
+        connection: 'keep-alive, x-private',
+        'keep-alive': 'timeout=5',
+        'x-private': 'hop',
+        te: 'trailers',
+        'transfer-encoding': 'chunked',
+        upgrade: 'h2c',
+        'content-type': 'application/json',
+        'x-request-id': 'abc',
+        cookie: 'a=b',
+      },
+      'tkn',
+    );
+    expect(out).toEqual({
+      'content-type': 'application/json',
+      'x-request-id': 'abc',
+      cookie: 'a=b',
+      authorization: 'Bearer tkn',
+    });
+  });
+
+  it('drops hop-by-hop headers from responses and keeps the rest', () => {
+    expect(
+      clientResponseHeaders({
+        connection: 'close, x-hop',
+        'x-hop': '1',
+        'transfer-encoding': 'chunked',
+        'content-type': 'text/plain',
+        'set-cookie': ['a=1', 'b=2'],
+        'www-authenticate': 'Bearer',
+      }),
+    ).toEqual({
+      'content-type': 'text/plain',
+      'set-cookie': ['a=1', 'b=2'],
+      'www-authenticate': 'Bearer',
+    });
+  });
+});
+
+describe('Retry-After', () => {
+  it('reads delay-seconds and HTTP dates', () => {
+    const now = Date.parse('2026-11-25T10:00:00Z');
+    expect(retryAfterMs('3', now)).toBe(3000);
+    expect(retryAfterMs('Wed, 25 Nov 2026 10:00:05 GMT', now)).toBe(5000);
+    expect(retryAfterMs('Wed, 25 Nov 2026 09:00:00 GMT', now)).toBe(0);
+    expect(retryAfterMs('soon', now)).toBeUndefined();
+    expect(retryAfterMs(undefined, now)).toBeUndefined();
+  });
+});
+
+describe('error catalogue', () => {
+  it('matches the contract table', () => {
+    expect(
+      Object.fromEntries(Object.entries(PROXY_ERRORS).map(([code, e]) => [code, e.status])),
+    ).toEqual({
+      bad_request: 400,
+      rate_limited: 429,
+      upstream_unreachable: 502,
+      token_unavailable: 503,
+      shutting_down: 503,
+      upstream_timeout: 504,
+    });
+    const error = new ProxyError('rate_limited', undefined, { retryAfterSeconds: 2 });
+    expect(JSON.parse(error.body())).toEqual({
+      error: 'rate_limited',
+      message: PROXY_ERRORS.rate_limited.message,
+    });
+  });
+});
