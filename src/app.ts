@@ -1,5 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
 import { createAdminServer } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
@@ -10,6 +11,7 @@ import {
   readCredentials,
 } from './credentials/credentials.js';
 import { CredentialWatcher } from './credentials/watcher.js';
+import { ERROR_HEADER, ProxyError } from './errors.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
 import type { Pacer } from './pacing/types.js';
@@ -69,19 +71,22 @@ export async function startApp(deps: AppDeps): Promise<App> {
   const proxy = createServer(handler.handle);
   // Node's defaults (5 s keep-alive) would drop idle client connections sooner than clients expect.
   proxy.keepAliveTimeout = 65_000;
-  proxy.on('clientError', (_err, socket) => {
-    // Malformed HTTP never reaches the handler: answer in the catalogue's format and close.
-    if (socket.writable) {
-      const body = JSON.stringify({
-        error: 'bad_request',
-        message: 'The request is not valid HTTP.',
-      });
-      socket.end(
-        `HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: application/json\r\nx-m2m-proxy-error: bad_request\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-      );
-    }
+  // Requests that never reach the handler: malformed HTTP, CONNECT tunnels and protocol upgrades
+  // (an API sidecar forwards requests, not sockets). Answered in the catalogue's format, then closed.
+  const refuseOnSocket = (message: string) => (_: unknown, socket: Duplex) => {
     metrics.requestsRejected.inc({ reason: 'bad_request' });
-  });
+    if (!socket.writable) return;
+    const body = new ProxyError('bad_request', message).body();
+    socket.end(
+      `HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: application/json\r\n${ERROR_HEADER}: bad_request\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+  };
+  proxy.on('clientError', refuseOnSocket('The request is not valid HTTP.'));
+  proxy.on(
+    'connect',
+    refuseOnSocket('CONNECT is not supported: the proxy forwards to one upstream only.'),
+  );
+  proxy.on('upgrade', refuseOnSocket('Protocol upgrades are not supported.'));
   const admin = createAdminServer(metrics.registry, () => {
     if (handler.shuttingDown) return 'shutting_down';
     if (!tokens.current()) return tokens.expiresAt === undefined ? 'no_token_yet' : 'token_expired';

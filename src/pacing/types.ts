@@ -63,3 +63,23 @@ export interface SlotStore {
   /** Releases connections and timers. */
   close(): Promise<void>;
 }
+
+/**
+ * A `maxDelayMs` for `SlotStore.reserve` that can never be met: the store reserves nothing and
+ * only says, in `delayMs`, when a start would be allowed. The pacer uses it to compute an honest
+ * `Retry-After` for a request it turns away (queue full, deadline passed). Every `SlotStore` must
+ * treat a negative `maxDelayMs` this way (a delay is never below 0).
+ */
+export const PROBE_MAX_DELAY_MS = -1;
+
+/** The limits a `SlotStore` enforces, as plain numbers (durations in milliseconds). */
+export interface SlotLimits {
+  /** Steady starts per second; fractional allowed; 0 = no token bucket. */
+  perSecond: number;
+  /** Starts that may go at once after idle time (bucket capacity, at least 1). */
+  burst: number;
+  /** At most this many starts in any sliding `windowMs`; 0 = no window. */
+  windowMax: number;
+  /** Length of the sliding window. */
+  windowMs: number;
+}

@@ -1,0 +1,442 @@
+import PQueue from 'p-queue';
+import { type Clock, sleep, type Timer } from '../clock.js';
+import type { Config } from '../config/config.js';
+import { ProxyError } from '../errors.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { LocalSlotStore, slotLimits } from './local-slot-store.js';
+import {
+  type AcquireOptions,
+  type Pacer,
+  PROBE_MAX_DELAY_MS,
+  type Reservation,
+  type SlotStore,
+} from './types.js';
+
+/** Node's largest timer delay (2^31 − 1 ms); a longer one fires after 1 ms instead. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/** What every pacer needs. */
+export interface PacerOptions {
+  clock: Clock;
+  metrics: Metrics;
+  /** `rateLimit.queue.max`: requests that may wait (for `ready` or a slot) at once. */
+  queueMax: number;
+  /** `rateLimit.queue.timeout` in ms: the cap of an upstream pause. */
+  queueTimeoutMs: number;
+}
+
+/** The options of the pacing `QueuePacer`. */
+export interface QueuePacerOptions extends PacerOptions {
+  /** The record of start times: `LocalSlotStore`, or the fleet's Redis store. */
+  store: SlotStore;
+}
+
+/** One request waiting in the FIFO for its slot. */
+interface Entry {
+  readonly deadline: number;
+  /** Clock ms when `acquire` was called, for `m2m_proxy_queue_wait_seconds`. */
+  readonly since: number;
+  readonly resolve: () => void;
+  readonly reject: (error: unknown) => void;
+  settled: boolean;
+  deadlineTimer: Timer | undefined;
+}
+
+/** `rate_limited` with a `Retry-After` of `delayMs` rounded up to whole seconds, at least 1. */
+function rateLimited(delayMs: number, message?: string): ProxyError {
+  return new ProxyError('rate_limited', message, { retryAfterSeconds: retryAfterSeconds(delayMs) });
+}
+
+/** Whole seconds for `Retry-After` (RFC 9110 §10.2.3): rounded up, never below 1. */
+export function retryAfterSeconds(delayMs: number): number {
+  return Math.max(1, Math.ceil(delayMs / 1000));
+}
+
+/** Settles with `promise`, or rejects with the signal's reason as soon as it aborts. */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/**
+ * Paces request starts exactly (CONTRACT.md, "Pacing"): a FIFO of waiting requests on a
+ * concurrency-1 `p-queue`, where only the head asks the `SlotStore` for a start time.
+ *
+ * p-queue provides the FIFO and removal of aborted entries; its own `interval`/`intervalCap`
+ * are fixed windows (up to twice the rate across a window boundary) and are not used. The
+ * guarantee comes from the store, and because the head reserves only after the previous
+ * request has started, at most one future reservation is outstanding: a request that leaves
+ * wastes at most one slot, and the rest of the queue holds no claim on the budget.
+ *
+ * Semantics:
+ * - Admission: `waiting ≥ queue.max` → `rate_limited` at once. `queue.max: 0` means "no queue":
+ *   one request at a time may wait for the token, and it must get a slot at once.
+ * - `ready` (the token) is awaited before joining the FIFO, concurrently for all requests; they
+ *   count in `waiting`. Its rejection is propagated unchanged.
+ * - The head reserves with `maxDelayMs = deadline − now`; a slot beyond its deadline is refused
+ *   by the store and the request gets `rate_limited` at once (waiting would not help).
+ * - A queued (non-head) request whose deadline passes gets `rate_limited`.
+ * - `Retry-After` is the store's answer to "when would a start be allowed", never a constant.
+ * - An aborted head that already holds a reservation leaves its slot unused: the start is
+ *   recorded (in Redis it cannot be taken back atomically anyway) and the next head gets the
+ *   slot after it. That errs on the side of the upstream's budget.
+ */
+export class QueuePacer implements Pacer {
+  private readonly store: SlotStore;
+  private readonly clock: Clock;
+  private readonly metrics: Metrics;
+  /** The admission limit; `queue.max: 0` still lets one request wait for the token. */
+  private readonly admitMax: number;
+  /** `queue.max: 0` = the slot must be free now. */
+  private readonly noQueue: boolean;
+  private readonly queueTimeoutMs: number;
+  private readonly fifo = new PQueue({ concurrency: 1 });
+  /** Every request in the FIFO (queued or head), for `close()`. */
+  private readonly entries = new Set<Entry>();
+  private pausedUntil = Number.NEGATIVE_INFINITY;
+  /** A probe's answer "no start before this clock ms", reused until it passes. */
+  private probedFreeAt = Number.NEGATIVE_INFINITY;
+  private closed = false;
+  private count = 0;
+  /** The entry whose `serve` is running, and how to wake it early when it leaves. */
+  private head: Entry | undefined;
+  private wakeHead: (() => void) | undefined;
+
+  constructor(options: QueuePacerOptions) {
+    this.store = options.store;
+    this.clock = options.clock;
+    this.metrics = options.metrics;
+    this.admitMax = Math.max(1, options.queueMax);
+    this.noQueue = options.queueMax === 0;
+    this.queueTimeoutMs = options.queueTimeoutMs;
+  }
+
+  /** Requests currently waiting for `ready` or a slot. */
+  get waiting(): number {
+    return this.count;
+  }
+
+  /** See `Pacer.acquire`. */
+  async acquire(options: AcquireOptions): Promise<void> {
+    const { deadline, signal, ready } = options;
+    if (this.closed) throw new ProxyError('shutting_down');
+    signal?.throwIfAborted();
+    if (this.count >= this.admitMax) throw rateLimited(await this.probeDelayMs());
+    const since = this.clock.now();
+    this.setWaiting(this.count + 1);
+    if (ready) {
+      try {
+        await raceAbort(ready(deadline, signal), signal);
+        if (this.closed) throw new ProxyError('shutting_down');
+      } catch (error) {
+        this.setWaiting(this.count - 1);
+        throw error;
+      }
+    }
+    return this.enqueue(deadline, since, signal);
+  }
+
+  /**
+   * See `Pacer.pauseUntil`. Capped at `now + queue.timeout` (a `Retry-After: 3600` must not
+   * block the sidecar for an hour; requests would time out anyway). A shorter pause never
+   * shortens a longer one already in force.
+   */
+  pauseUntil(until: number): void {
+    const capped = Math.min(until, this.clock.now() + this.queueTimeoutMs);
+    if (capped > this.pausedUntil) this.pausedUntil = capped;
+  }
+
+  /**
+   * Rejects every request still in the FIFO with `shutting_down`, and closes the store. Call it
+   * after the drain (`shutdown.timeout`): the handler lets queued requests finish first.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const entry of this.entries) this.leave(entry, new ProxyError('shutting_down'));
+    this.fifo.clear();
+    await this.store.close();
+  }
+
+  private setWaiting(count: number): void {
+    this.count = count;
+    this.metrics.queueLength.set(count);
+  }
+
+  private enqueue(deadline: number, since: number, signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const entry: Entry = {
+        deadline,
+        since,
+        resolve,
+        reject,
+        settled: false,
+        deadlineTimer: undefined,
+      };
+      this.entries.add(entry);
+      this.armDeadline(entry);
+      // The client's signal goes to p-queue itself: on abort it removes the queued task (or stops
+      // waiting for the running one) and rejects `add` with the signal's reason, which is this
+      // pacer's only abort listener. One listener per request matters: an `AbortSignal`
+      // listener costs ~0.9 kB, and 10,000 may be queued.
+      const options = signal ? { signal } : {};
+      this.fifo
+        .add(() => this.serve(entry), options)
+        .catch((error: unknown) => this.leave(entry, error));
+    });
+  }
+
+  /** Rejects a queued entry when its deadline passes (re-armed past Node's timer limit). */
+  private armDeadline(entry: Entry): void {
+    const ms = entry.deadline - this.clock.now();
+    if (!Number.isFinite(ms)) return;
+    entry.deadlineTimer = this.clock.setTimeout(
+      () => {
+        entry.deadlineTimer = undefined;
+        if (entry.settled) return;
+        if (entry.deadline > this.clock.now()) {
+          this.armDeadline(entry);
+          return;
+        }
+        // Settle at once so the entry never starts (p-queue skips it when it comes up); the
+        // Retry-After follows from the store.
+        this.finish(entry);
+        this.probeDelayMs().then((delayMs) => entry.reject(rateLimited(delayMs)), entry.reject);
+      },
+      Math.min(Math.max(0, ms), MAX_TIMER_MS),
+    );
+  }
+
+  /** Takes the entry out, rejecting it with `reason`: no start will happen for it. Idempotent. */
+  private leave(entry: Entry, reason: unknown): void {
+    if (entry.settled) return;
+    this.finish(entry);
+    entry.reject(reason);
+  }
+
+  /** Marks the entry settled and releases what it holds; wakes it if it is the waiting head. */
+  private finish(entry: Entry): void {
+    entry.settled = true;
+    this.entries.delete(entry);
+    if (entry.deadlineTimer !== undefined) {
+      this.clock.clearTimeout(entry.deadlineTimer);
+      entry.deadlineTimer = undefined;
+    }
+    if (entry === this.head) this.wakeHead?.();
+    this.setWaiting(this.count - 1);
+  }
+
+  /** The head's turn: reserve a slot, wait for it, start. Runs one at a time (p-queue). */
+  private async serve(entry: Entry): Promise<void> {
+    this.head = entry;
+    try {
+      while (!entry.settled) {
+        const now = this.clock.now();
+        const pauseMs = Math.max(0, this.pausedUntil - now);
+        const maxDelayMs = this.noQueue ? Math.min(0, entry.deadline - now) : entry.deadline - now;
+        let reservation: Reservation;
+        try {
+          reservation = await this.store.reserve(maxDelayMs, pauseMs);
+        } catch (error) {
+          this.leave(entry, error);
+          return;
+        }
+        if (reservation.windowRemaining !== undefined) {
+          this.metrics.windowRemaining.set(reservation.windowRemaining);
+        }
+        // Left while the store answered: a granted slot stays unused (see the class comment).
+        if (entry.settled) return;
+        if (!reservation.granted) {
+          this.probedFreeAt = this.clock.now() + reservation.delayMs;
+          this.leave(entry, rateLimited(reservation.delayMs));
+          return;
+        }
+        // The slot is within the deadline: the deadline timer must not reject a request that
+        // holds one (it would fire at the same instant as the start).
+        if (entry.deadlineTimer !== undefined) {
+          this.clock.clearTimeout(entry.deadlineTimer);
+          entry.deadlineTimer = undefined;
+        }
+        // Measured on the local clock after the store answered: with Redis the answer is
+        // relative to the server's "now", and counting from after the round trip errs late.
+        await this.sleepUntil(entry, this.clock.now() + reservation.delayMs);
+        // Left while waiting for its slot (abort, close): the slot stays unused.
+        if (entry.settled) return;
+        // An upstream pause that arrived while waiting: the reserved slot is left unused (it
+        // stays counted: safe side) and a new one is reserved after the pause.
+        if (this.pausedUntil > this.clock.now()) continue;
+        this.start(entry);
+      }
+    } finally {
+      this.head = undefined;
+    }
+  }
+
+  private start(entry: Entry): void {
+    this.finish(entry);
+    this.metrics.queueWait.observe((this.clock.now() - entry.since) / 1000);
+    entry.resolve();
+  }
+
+  /**
+   * Waits until the clock reads at least `at`, or until the head settles (`wakeHead`). Timers
+   * fire in whole milliseconds and may fire a little early relative to `Date.now()`; starting
+   * before the reserved time would break the guarantee, so it checks and waits again.
+   */
+  private sleepUntil(entry: Entry, at: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      let timer: Timer | undefined;
+      const done = () => {
+        if (timer !== undefined) this.clock.clearTimeout(timer);
+        this.wakeHead = undefined;
+        resolve();
+      };
+      const check = () => {
+        timer = undefined;
+        const ms = at - this.clock.now();
+        if (ms <= 0 || entry.settled) done();
+        else timer = this.clock.setTimeout(check, Math.min(Math.ceil(ms), MAX_TIMER_MS));
+      };
+      this.wakeHead = done;
+      check();
+    });
+  }
+
+  /** Ms until a start would be allowed (pause included), for a request turned away. */
+  private async probeDelayMs(): Promise<number> {
+    const now = this.clock.now();
+    const pauseMs = Math.max(0, this.pausedUntil - now);
+    // A recent probe's answer still in the future is still right; reusing it keeps a flood of
+    // rejected requests from costing one store round trip (Redis) each.
+    if (this.probedFreeAt > now + pauseMs) return this.probedFreeAt - now;
+    try {
+      const answer = await this.store.reserve(PROBE_MAX_DELAY_MS, pauseMs);
+      if (answer.granted) return pauseMs; // A store that ignores the probe convention; harmless.
+      this.probedFreeAt = this.clock.now() + answer.delayMs;
+      return answer.delayMs;
+    } catch {
+      return pauseMs; // The store is down: the pause is all that is known.
+    }
+  }
+}
+
+/**
+ * The pacer when pacing is off (`perSecond: 0` and `window.max: 0`): nothing is delayed for a
+ * budget, but `ready` (the token), `queue.max`, the deadline and an upstream pause still apply.
+ * It is the hot path of the throughput benchmark, so a request that needs no waiting costs two
+ * comparisons and one histogram observation.
+ */
+export class PassThroughPacer implements Pacer {
+  private readonly clock: Clock;
+  private readonly metrics: Metrics;
+  private readonly admitMax: number;
+  private readonly noQueue: boolean;
+  private readonly queueTimeoutMs: number;
+  private readonly store: SlotStore | undefined;
+  private pausedUntil = Number.NEGATIVE_INFINITY;
+  private closed = false;
+  private count = 0;
+
+  /** `store`, if given, is only closed with the pacer (pacing is off, so it is never asked). */
+  constructor(options: PacerOptions & { store?: SlotStore }) {
+    this.clock = options.clock;
+    this.metrics = options.metrics;
+    this.admitMax = Math.max(1, options.queueMax);
+    this.noQueue = options.queueMax === 0;
+    this.queueTimeoutMs = options.queueTimeoutMs;
+    this.store = options.store;
+  }
+
+  /** Requests currently waiting for `ready` or for an upstream pause to end. */
+  get waiting(): number {
+    return this.count;
+  }
+
+  /** See `Pacer.acquire`. */
+  async acquire(options: AcquireOptions): Promise<void> {
+    const { deadline, signal, ready } = options;
+    if (this.closed) throw new ProxyError('shutting_down');
+    signal?.throwIfAborted();
+    const since = this.clock.now();
+    if (!ready && this.pausedUntil <= since) {
+      this.metrics.queueWait.observe(0);
+      return;
+    }
+    if (this.count >= this.admitMax) throw rateLimited(this.pausedUntil - since);
+    this.setWaiting(this.count + 1);
+    try {
+      if (ready) await raceAbort(ready(deadline, signal), signal);
+      for (let now = this.clock.now(); this.pausedUntil > now; now = this.clock.now()) {
+        if (this.closed) throw new ProxyError('shutting_down');
+        if (this.pausedUntil > deadline || this.noQueue) throw rateLimited(this.pausedUntil - now);
+        await sleep(this.clock, Math.ceil(this.pausedUntil - now), signal);
+      }
+      if (this.closed) throw new ProxyError('shutting_down');
+    } finally {
+      this.setWaiting(this.count - 1);
+    }
+    this.metrics.queueWait.observe((this.clock.now() - since) / 1000);
+  }
+
+  /** See `QueuePacer.pauseUntil`. */
+  pauseUntil(until: number): void {
+    const capped = Math.min(until, this.clock.now() + this.queueTimeoutMs);
+    if (capped > this.pausedUntil) this.pausedUntil = capped;
+  }
+
+  /** Stops admitting; requests still waiting are rejected with `shutting_down` when they wake. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.store?.close();
+  }
+
+  private setWaiting(count: number): void {
+    this.count = count;
+    this.metrics.queueLength.set(count);
+  }
+}
+
+/** What `createPacer` needs besides the configuration. */
+export interface PacerDeps {
+  clock: Clock;
+  metrics: Metrics;
+  /** The fleet's shared store (issue 7); without it, a `LocalSlotStore` is made. */
+  store?: SlotStore;
+}
+
+/**
+ * The pacer for `rateLimit`: a `PassThroughPacer` when both limits are off, else a `QueuePacer`
+ * on `deps.store` or a new `LocalSlotStore`.
+ */
+export function createPacer(rateLimit: Config['rateLimit'], deps: PacerDeps): Pacer {
+  const { clock, metrics, store } = deps;
+  const base = {
+    clock,
+    metrics,
+    queueMax: rateLimit.queue.max,
+    queueTimeoutMs: rateLimit.queue.timeout,
+  };
+  metrics.queueLength.set(0);
+  if (rateLimit.perSecond === 0 && rateLimit.window.max === 0) {
+    return new PassThroughPacer(store ? { ...base, store } : base);
+  }
+  // The whole window is free at start-up; without this the gauge would read 0 ("exhausted").
+  if (rateLimit.window.max > 0) metrics.windowRemaining.set(rateLimit.window.max);
+  return new QueuePacer({
+    ...base,
+    store: store ?? new LocalSlotStore({ ...slotLimits(rateLimit), clock }),
+  });
+}

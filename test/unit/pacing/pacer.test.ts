@@ -1,0 +1,372 @@
+import { Registry } from 'prom-client';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { systemClock } from '../../../src/clock.js';
+import { ProxyError } from '../../../src/errors.js';
+import { Metrics } from '../../../src/metrics/metrics.js';
+import { createPacer, PassThroughPacer, QueuePacer } from '../../../src/pacing/pacer.js';
+import { flush, metricValue, setup, track } from './helpers.js';
+
+const T0 = 1_700_000_000_000;
+const FOREVER = Number.POSITIVE_INFINITY;
+
+beforeEach(() => {
+  vi.useFakeTimers({ now: T0 });
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+/** Asserts `error` is `rate_limited` and returns its Retry-After. */
+function retryAfterOf(error: unknown): number {
+  expect(error).toBeInstanceOf(ProxyError);
+  const e = error as ProxyError;
+  expect(e.code).toBe('rate_limited');
+  expect(e.status).toBe(429);
+  expect(Number.isInteger(e.retryAfterSeconds)).toBe(true);
+  expect(e.retryAfterSeconds).toBeGreaterThanOrEqual(1);
+  return e.retryAfterSeconds as number;
+}
+
+describe('QueuePacer: the 5-minute window', () => {
+  it('fits exactly 2000 starts in 5 minutes, and the 2001st waits until the first leaves the window', async () => {
+    // Window at the contract default (2000 per 5 m); 10/s so that the window, not the bucket,
+    // is what binds (at 6/s the bucket allows only 1 + 300 × 6 = 1801 per 5 minutes).
+    const { pacer, metrics } = setup({
+      perSecond: 10,
+      burst: 1,
+      windowMax: 2000,
+      windowMs: 300_000,
+      queueMax: 5000,
+    });
+    const all = Array.from({ length: 2001 }, () => track(pacer.acquire({ deadline: FOREVER })));
+    await vi.advanceTimersByTimeAsync(300_000 - 1);
+    expect(all.filter((t) => t.state === 'resolved')).toHaveLength(2000);
+    expect(all[0]?.at).toBe(T0);
+    expect(all[1999]?.at).toBe(T0 + 199_900);
+    expect(all[2000]?.state).toBe('pending');
+    expect(await metricValue(metrics, 'm2m_proxy_window_remaining')).toBe(0);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(all[2000]?.state).toBe('resolved');
+    expect(all[2000]?.at).toBe(T0 + 300_000);
+  });
+
+  it('at the contract defaults (6/s, burst 1, 2000 per 5 m) the bucket binds first: 1801 starts in 5 minutes', async () => {
+    const { pacer } = setup({
+      perSecond: 6,
+      burst: 1,
+      windowMax: 2000,
+      windowMs: 300_000,
+      queueMax: 5000,
+    });
+    const all = Array.from({ length: 2001 }, () => track(pacer.acquire({ deadline: FOREVER })));
+    // 1 + 300 × 6 starts in the closed 5 minutes (+1 ms: timers fire on whole milliseconds).
+    await vi.advanceTimersByTimeAsync(300_000 + 1);
+    expect(all.filter((t) => t.state === 'resolved')).toHaveLength(1801);
+    await vi.advanceTimersByTimeAsync(40_000);
+    expect(all.every((t) => t.state === 'resolved')).toBe(true);
+    // The 2001st start is bucket-bound: 2000 intervals of 1/6 s after the first.
+    const last = (all[2000]?.at as number) - T0;
+    expect(last).toBeGreaterThanOrEqual((2000 * 1000) / 6);
+    expect(last).toBeLessThanOrEqual((2000 * 1000) / 6 + 1);
+  });
+});
+
+describe('QueuePacer: admission, deadline, abort', () => {
+  it('rejects at once with rate_limited when the queue is full, Retry-After computed from the next free slot', async () => {
+    const { pacer } = setup({ perSecond: 1, queueMax: 2 });
+    await pacer.acquire({ deadline: FOREVER }); // starts at T0
+    const b = track(pacer.acquire({ deadline: FOREVER })); // head, slot at T0 + 1 s
+    const c = track(pacer.acquire({ deadline: FOREVER })); // queued, would get T0 + 2 s
+    await flush();
+    expect(pacer.waiting).toBe(2);
+    const d = track(pacer.acquire({ deadline: FOREVER }));
+    await flush();
+    expect(d.state).toBe('rejected');
+    expect(d.at).toBe(T0);
+    // b holds T0 + 1 s; the next free slot is at T0 + 2 s.
+    expect(retryAfterOf(d.error)).toBe(2);
+    await vi.advanceTimersByTimeAsync(2000);
+    expect([b.at, c.at]).toEqual([T0 + 1000, T0 + 2000]);
+  });
+
+  it('computes Retry-After from the exhausted window, not a constant', async () => {
+    const { pacer } = setup({ perSecond: 0, windowMax: 1, windowMs: 120_000, queueMax: 1 });
+    await pacer.acquire({ deadline: FOREVER });
+    const b = track(pacer.acquire({ deadline: FOREVER })); // holds the slot at T0 + 120 s
+    await flush();
+    const c = track(pacer.acquire({ deadline: FOREVER }));
+    await flush();
+    expect(retryAfterOf(c.error)).toBe(240);
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(b.at).toBe(T0 + 120_000);
+  });
+
+  it('rejects the head at once when its slot lies beyond its deadline, with Retry-After from the store', async () => {
+    const { pacer } = setup({ perSecond: 0, windowMax: 1, windowMs: 90_000 });
+    await pacer.acquire({ deadline: FOREVER });
+    const b = track(pacer.acquire({ deadline: T0 + 30_000 }));
+    await flush();
+    expect(b.state).toBe('rejected');
+    expect(b.at).toBe(T0);
+    expect(retryAfterOf(b.error)).toBe(90);
+    expect(pacer.waiting).toBe(0);
+  });
+
+  it('rejects a queued request when its deadline passes, and it never starts', async () => {
+    const { pacer, store } = setup({ perSecond: 1 });
+    await pacer.acquire({ deadline: FOREVER }); // T0
+    const b = track(pacer.acquire({ deadline: FOREVER })); // head: T0 + 1 s
+    const c = track(pacer.acquire({ deadline: T0 + 500 })); // queued behind b
+    await vi.advanceTimersByTimeAsync(499);
+    expect(c.state).toBe('pending');
+    await vi.advanceTimersByTimeAsync(1);
+    expect(c.state).toBe('rejected');
+    expect(c.at).toBe(T0 + 500);
+    retryAfterOf(c.error);
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(b.at).toBe(T0 + 1000);
+    expect(store.granted).toHaveLength(2); // c never reserved a slot
+  });
+
+  it('removes a request whose client aborts while queued; it never starts and the next one moves up', async () => {
+    const { pacer, store, metrics } = setup({ perSecond: 1 });
+    await pacer.acquire({ deadline: FOREVER }); // T0
+    const b = track(pacer.acquire({ deadline: FOREVER })); // head: T0 + 1 s
+    const client = new AbortController();
+    const c = track(pacer.acquire({ deadline: FOREVER, signal: client.signal }));
+    const d = track(pacer.acquire({ deadline: FOREVER }));
+    await flush();
+    expect(pacer.waiting).toBe(3);
+    const reason = new Error('client went away');
+    client.abort(reason);
+    await flush();
+    expect(c.state).toBe('rejected');
+    expect(c.error).toBe(reason);
+    expect(pacer.waiting).toBe(2);
+    expect(await metricValue(metrics, 'm2m_proxy_queue_length')).toBe(2);
+    await vi.advanceTimersByTimeAsync(5000);
+    expect([b.at, d.at]).toEqual([T0 + 1000, T0 + 2000]);
+    expect(store.granted).toHaveLength(3);
+  });
+
+  it('leaves the slot of an aborted head unused: the next request takes the slot after it', async () => {
+    const { pacer, store } = setup({ perSecond: 1 });
+    await pacer.acquire({ deadline: FOREVER }); // T0
+    const client = new AbortController();
+    const b = track(pacer.acquire({ deadline: FOREVER, signal: client.signal })); // slot T0 + 1 s
+    const c = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(300);
+    client.abort(new Error('gone'));
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(b.state).toBe('rejected');
+    expect(c.at).toBe(T0 + 2000);
+    expect(store.granted).toEqual([T0, T0 + 1000, T0 + 2000]);
+  });
+
+  it('rejects at once when the signal is already aborted', async () => {
+    const { pacer } = setup();
+    const reason = new Error('already gone');
+    await expect(
+      pacer.acquire({ deadline: FOREVER, signal: AbortSignal.abort(reason) }),
+    ).rejects.toBe(reason);
+    expect(pacer.waiting).toBe(0);
+  });
+});
+
+describe('QueuePacer: upstream pause', () => {
+  it('starts nothing before the end of a pause', async () => {
+    const { pacer } = setup({ perSecond: 10, burst: 5 });
+    pacer.pauseUntil(T0 + 3000);
+    const a = track(pacer.acquire({ deadline: FOREVER }));
+    const b = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(2999);
+    expect(a.state).toBe('pending');
+    await vi.advanceTimersByTimeAsync(1);
+    expect([a.at, b.at]).toEqual([T0 + 3000, T0 + 3000]); // the burst is still available
+  });
+
+  it('caps a pause at queue.timeout', async () => {
+    const { pacer } = setup({ perSecond: 10, queueTimeoutMs: 5000 });
+    pacer.pauseUntil(T0 + 3_600_000); // Retry-After: 3600
+    const a = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(a.at).toBe(T0 + 5000);
+  });
+
+  it('a pause arriving while the head waits for its slot moves that start after the pause', async () => {
+    const { pacer } = setup({ perSecond: 1 });
+    await pacer.acquire({ deadline: FOREVER }); // T0
+    const b = track(pacer.acquire({ deadline: FOREVER })); // slot T0 + 1 s
+    await vi.advanceTimersByTimeAsync(200);
+    pacer.pauseUntil(T0 + 4000);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(b.at).toBe(T0 + 4000);
+  });
+
+  it('rejects with a Retry-After covering the pause when the pause outlasts the deadline', async () => {
+    const { pacer } = setup({ perSecond: 1 });
+    pacer.pauseUntil(T0 + 10_000);
+    const a = track(pacer.acquire({ deadline: T0 + 2000 }));
+    await flush();
+    expect(a.state).toBe('rejected');
+    expect(retryAfterOf(a.error)).toBe(10);
+  });
+});
+
+describe('QueuePacer: ready (the token)', () => {
+  it('counts requests waiting in ready() towards queue.max and the queue-length gauge, concurrently', async () => {
+    const { pacer, metrics } = setup({ perSecond: 1000, queueMax: 2 });
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const ready = vi.fn(() => gate);
+    const a = track(pacer.acquire({ deadline: FOREVER, ready }));
+    const b = track(pacer.acquire({ deadline: FOREVER, ready }));
+    await flush();
+    expect(ready).toHaveBeenCalledTimes(2); // not serialised behind each other
+    expect(pacer.waiting).toBe(2);
+    expect(await metricValue(metrics, 'm2m_proxy_queue_length')).toBe(2);
+    const c = track(pacer.acquire({ deadline: FOREVER, ready }));
+    await flush();
+    retryAfterOf(c.error);
+    expect(ready).toHaveBeenCalledTimes(2);
+    release();
+    await vi.advanceTimersByTimeAsync(10);
+    expect([a.state, b.state]).toEqual(['resolved', 'resolved']);
+    expect(pacer.waiting).toBe(0);
+    expect(await metricValue(metrics, 'm2m_proxy_queue_length')).toBe(0);
+  });
+
+  it('passes the deadline and signal to ready() and propagates its rejection unchanged', async () => {
+    const { pacer, store } = setup();
+    const failure = new ProxyError('token_unavailable');
+    const signal = new AbortController().signal;
+    const ready = vi.fn(() => Promise.reject(failure));
+    await expect(pacer.acquire({ deadline: T0 + 30_000, signal, ready })).rejects.toBe(failure);
+    expect(ready).toHaveBeenCalledWith(T0 + 30_000, signal);
+    expect(pacer.waiting).toBe(0);
+    expect(store.calls).toHaveLength(0);
+  });
+
+  it('rejects at once when the client aborts during ready(), even if ready() ignores the signal', async () => {
+    const { pacer } = setup();
+    const client = new AbortController();
+    const a = track(
+      pacer.acquire({
+        deadline: FOREVER,
+        signal: client.signal,
+        ready: () => new Promise(() => {}),
+      }),
+    );
+    await flush();
+    client.abort(new Error('gone'));
+    await flush();
+    expect(a.state).toBe('rejected');
+    expect(pacer.waiting).toBe(0);
+  });
+});
+
+describe('QueuePacer: metrics and shutdown', () => {
+  it('observes the queue wait in seconds from acquire to start', async () => {
+    const { pacer, metrics } = setup({ perSecond: 2 });
+    await pacer.acquire({ deadline: FOREVER });
+    const b = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(500);
+    expect(b.state).toBe('resolved');
+    expect(await metricValue(metrics, 'm2m_proxy_queue_wait_seconds')).toBe(2);
+    const json = await metrics.registry.getSingleMetricAsString('m2m_proxy_queue_wait_seconds');
+    expect(json).toMatch(/m2m_proxy_queue_wait_seconds_sum 0\.5\b/);
+  });
+
+  it('does not count rejections itself (the proxy handler does)', async () => {
+    const { pacer, metrics } = setup({ perSecond: 1, queueMax: 1 });
+    await pacer.acquire({ deadline: FOREVER });
+    track(pacer.acquire({ deadline: FOREVER }));
+    await flush();
+    await expect(pacer.acquire({ deadline: FOREVER })).rejects.toBeInstanceOf(ProxyError);
+    const text = await metrics.registry.getSingleMetricAsString(
+      'm2m_proxy_requests_rejected_total',
+    );
+    expect(text).not.toMatch(/rate_limited/);
+  });
+
+  it('close() rejects what is still queued with shutting_down and admits nothing more', async () => {
+    const { pacer } = setup({ perSecond: 1 });
+    await pacer.acquire({ deadline: FOREVER });
+    const b = track(pacer.acquire({ deadline: FOREVER }));
+    const c = track(pacer.acquire({ deadline: FOREVER }));
+    await flush();
+    await pacer.close();
+    await flush();
+    expect((b.error as ProxyError).code).toBe('shutting_down');
+    expect((c.error as ProxyError).code).toBe('shutting_down');
+    expect(pacer.waiting).toBe(0);
+    await expect(pacer.acquire({ deadline: FOREVER })).rejects.toMatchObject({
+      code: 'shutting_down',
+    });
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(b.state).toBe('rejected');
+  });
+
+  it('queue.max 0 means no queue: a request starts only when its slot is free at once', async () => {
+    const { pacer } = setup({ perSecond: 1, queueMax: 0 });
+    await pacer.acquire({ deadline: FOREVER });
+    const b = track(pacer.acquire({ deadline: FOREVER }));
+    await flush();
+    expect(retryAfterOf(b.error)).toBe(1);
+    await vi.advanceTimersByTimeAsync(1000);
+    await expect(pacer.acquire({ deadline: FOREVER })).resolves.toBeUndefined();
+  });
+});
+
+describe('PassThroughPacer and createPacer', () => {
+  const rateLimit = (perSecond: number, max: number) => ({
+    perSecond,
+    burst: 1,
+    window: { max, length: 300_000 },
+    queue: { max: 2, timeout: 30_000 },
+  });
+  const metrics = () => new Metrics(new Registry(), { defaultMetrics: false });
+
+  it('createPacer returns a pass-through pacer only when both limits are off', () => {
+    const deps = { clock: systemClock, metrics: metrics() };
+    expect(createPacer(rateLimit(0, 0), deps)).toBeInstanceOf(PassThroughPacer);
+    expect(createPacer(rateLimit(6, 0), deps)).toBeInstanceOf(QueuePacer);
+    expect(createPacer(rateLimit(0, 2000), deps)).toBeInstanceOf(QueuePacer);
+  });
+
+  it('never delays when pacing is off', async () => {
+    const pacer = createPacer(rateLimit(0, 0), { clock: systemClock, metrics: metrics() });
+    const all = Array.from({ length: 100 }, () => track(pacer.acquire({ deadline: FOREVER })));
+    await flush();
+    expect(all.every((t) => t.state === 'resolved' && t.at === T0)).toBe(true);
+  });
+
+  it('still applies ready(), queue.max and the pause when pacing is off', async () => {
+    const m = metrics();
+    const pacer = createPacer(rateLimit(0, 0), { clock: systemClock, metrics: m });
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const a = track(pacer.acquire({ deadline: FOREVER, ready: () => gate }));
+    const b = track(pacer.acquire({ deadline: FOREVER, ready: () => gate }));
+    const c = track(pacer.acquire({ deadline: FOREVER, ready: () => gate }));
+    await flush();
+    expect(pacer.waiting).toBe(2);
+    expect(await metricValue(m, 'm2m_proxy_queue_length')).toBe(2);
+    retryAfterOf(c.error);
+    pacer.pauseUntil(T0 + 2000);
+    release();
+    await vi.advanceTimersByTimeAsync(1999);
+    expect(a.state).toBe('pending');
+    await vi.advanceTimersByTimeAsync(1);
+    expect([a.at, b.at]).toEqual([T0 + 2000, T0 + 2000]);
+    const failure = new ProxyError('token_unavailable');
+    await expect(
+      pacer.acquire({ deadline: FOREVER, ready: () => Promise.reject(failure) }),
+    ).rejects.toBe(failure);
+    expect(pacer.waiting).toBe(0);
+  });
+});
