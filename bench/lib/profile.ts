@@ -33,6 +33,14 @@ function origin(url: string, name: string, root: string): string {
   return relative(root, path) || path;
 }
 
+/** A short location: `undici/lib/dispatcher/client-h1.js`, `dist/proxy/handler.js`, `node:net`. */
+function where(url: string, root: string): string {
+  if (url === '' || url.startsWith('node:')) return url;
+  const path = url.startsWith('file:') ? fileURLToPath(url) : url;
+  const i = path.lastIndexOf('node_modules/');
+  return i >= 0 ? path.slice(i + 'node_modules/'.length) : relative(root, path) || path;
+}
+
 export function summarizeProfile(file: string, root: string, top = 15): ProfileSummary {
   const profile = JSON.parse(readFileSync(file, 'utf8')) as Profile;
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
@@ -53,7 +61,7 @@ export function summarizeProfile(file: string, root: string, top = 15): ProfileS
     busy += us;
     const o = origin(url, functionName, root);
     origins.set(o, (origins.get(o) ?? 0) + us);
-    const fn = `${functionName || '(anonymous)'} ${o}${url ? `:${lineNumber + 1}` : ''}`;
+    const fn = `${functionName || '(anonymous)'} ${where(url, root)}${url ? `:${lineNumber + 1}` : ''}`;
     fns.set(fn, (fns.get(fn) ?? 0) + us);
   }
   const ranked = (m: Map<string, number>) =>
