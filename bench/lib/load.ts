@@ -3,6 +3,7 @@
  * histogram stores whole milliseconds, too coarse for "p99 added ≤ 2 ms", so every response
  * time (a float from `process.hrtime`) is also collected here.
  */
+import { performance } from 'node:perf_hooks';
 import autocannon from 'autocannon';
 import { quantileSorted } from './stats.js';
 
@@ -17,6 +18,8 @@ export interface LoadOptions {
   overallRate?: number;
   /** Seconds before a request counts as timed out (autocannon's default is 10). */
   timeout?: number;
+  /** Also return when each 2xx response ended (epoch ms, comparable across processes). */
+  timeline?: boolean;
 }
 
 export interface LoadResult {
@@ -33,10 +36,14 @@ export interface LoadResult {
   timeouts: number;
   seconds: number;
   statusCodes: Record<string, number>;
+  /** With `timeline`: end time (epoch ms) and latency (ms) of every 2xx response, in order. */
+  timeline?: { ends: number[]; latencies: number[] };
 }
 
 export function load(opts: LoadOptions): Promise<LoadResult> {
   const samples: number[] = [];
+  const ends: number[] = [];
+  const origin = performance.timeOrigin;
   return new Promise((resolve, reject) => {
     const instance = autocannon(
       {
@@ -74,11 +81,14 @@ export function load(opts: LoadOptions): Promise<LoadResult> {
           timeouts: result.timeouts,
           seconds: result.duration,
           statusCodes,
+          ...(opts.timeline ? { timeline: { ends, latencies: samples } } : {}),
         });
       },
     );
     instance.on('response', (_client: unknown, status: number, _bytes: number, ms: number) => {
-      if (status >= 200 && status < 300) samples.push(ms);
+      if (status < 200 || status >= 300) return;
+      samples.push(ms);
+      if (opts.timeline) ends.push(origin + performance.now());
     });
   });
 }

@@ -31,6 +31,8 @@ export interface MemoryResult {
     received: number;
     seconds: number;
     mibPerSecond: number;
+    /** The same upload straight to the upstream, for scale. */
+    directMibPerSecond: number;
     idleMiB: number;
     maxMiB: number;
     addedMiB: number;
@@ -138,6 +140,9 @@ export async function runMemory(
 
     // (b) one large body streamed through.
     const bytes = pick(ctx, 1024 ** 3, 256 * 1024 ** 2);
+    const directStart = performance.now();
+    await postStream(`${upstream.url}/upload`, bytes);
+    const directSeconds = (performance.now() - directStart) / 1000;
     const streamProxy = await M2mProxy.start({ upstreamUrl: upstream.url, tokenUrl });
     let streaming: MemoryResult['streaming'];
     try {
@@ -161,6 +166,7 @@ export async function runMemory(
         received,
         seconds: round(seconds),
         mibPerSecond: round(bytes / 1024 ** 2 / seconds, 0),
+        directMibPerSecond: round(bytes / 1024 ** 2 / directSeconds, 0),
         idleMiB: round(streamIdle, 1),
         maxMiB: round(max, 1),
         addedMiB: round(max - streamIdle, 1),
@@ -169,7 +175,7 @@ export async function runMemory(
       await streamProxy.stop();
     }
     ctx.log(
-      `  streaming ${bytes / 1024 ** 2} MiB: ${streaming.seconds} s (${streaming.mibPerSecond} MiB/s), RSS ${streaming.idleMiB} → max ${streaming.maxMiB} MiB (+${streaming.addedMiB}); upstream received ${streaming.received} bytes`,
+      `  streaming ${bytes / 1024 ** 2} MiB: ${streaming.seconds} s (${streaming.mibPerSecond} MiB/s; direct ${streaming.directMibPerSecond} MiB/s), RSS ${streaming.idleMiB} → max ${streaming.maxMiB} MiB (+${streaming.addedMiB}); upstream received ${streaming.received} bytes`,
     );
 
     const [idleCheck, queuedCheck, streamCheck] = checks as [TargetCheck, TargetCheck, TargetCheck];

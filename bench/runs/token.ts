@@ -4,7 +4,8 @@
  * request; (b) steady load across several short token lifetimes (`expires_in` 4 s,
  * minRemaining 1 s): every token lifetime sees exactly one token request (its renewal), and no
  * request waits for a renewal (pacing is off, so nothing explains a request slower than the
- * token endpoint's delay).
+ * token endpoint's delay: a request that waited for a renewal was in flight for the whole
+ * token request, which the bench detects by comparing the two processes' epoch clocks).
  */
 import { burst } from '../lib/client.js';
 import { type Ctx, pick, round, sleep, type TargetCheck } from '../lib/context.js';
@@ -41,6 +42,10 @@ export interface TokenResult {
     p99Ms: number;
     maxLatencyMs: number;
     tokenDelayMs: number;
+    /** Requests in flight across a whole token request (started before it, ended after it). */
+    waitedForRenewal: number;
+    /** The slowest request that did not span a token request (noise: GC, a busy machine). */
+    maxLatencyOtherMs: number;
   };
 }
 
@@ -68,8 +73,8 @@ export async function runToken(
       pass: null,
     },
     {
-      target: 'max latency across renewals (pacing off)',
-      goal: `< token endpoint delay (${TOKEN_DELAY_MS} ms)`,
+      target: 'requests that waited for a renewal (pacing off)',
+      goal: `0 (token endpoint answers in ${TOKEN_DELAY_MS} ms)`,
       measured: 'not measured (m2m-proxy absent)',
       pass: null,
     },
@@ -120,7 +125,12 @@ export async function runToken(
     });
     let lifetimes: TokenResult['lifetimes'];
     try {
-      const res = await load({ url: `${proxy.url}/bench`, connections: 20, duration: seconds });
+      const res = await load({
+        url: `${proxy.url}/bench`,
+        connections: 20,
+        duration: seconds,
+        timeline: true,
+      });
       const stats = await tokenEndpoint.call<TokenStats>('stats');
       const reqs = stats.requests.sort((a, b) => a.start - b.start);
       // Token i is held from the end of its request until EXPIRES_IN_S later; count the token
@@ -134,6 +144,17 @@ export async function runToken(
       const renewalEveryS = reqs
         .slice(1)
         .map((r, i) => round((r.start - (reqs[i]?.start ?? 0)) / 1000));
+      // A request that waited for a renewal was in flight for the whole token request: it started
+      // before the token request and ended after the token response. Both clocks are epoch ms.
+      const { ends = [], latencies = [] } = res.timeline ?? {};
+      let waitedForRenewal = 0;
+      let maxLatencyOtherMs = 0;
+      ends.forEach((end, i) => {
+        const ms = latencies[i] ?? 0;
+        const start = end - ms;
+        if (reqs.some((t) => start <= t.start && end >= t.end)) waitedForRenewal++;
+        else maxLatencyOtherMs = Math.max(maxLatencyOtherMs, ms);
+      });
       lifetimes = {
         expiresInS: EXPIRES_IN_S,
         minRemaining: '1s',
@@ -147,18 +168,20 @@ export async function runToken(
         p99Ms: round(res.p99),
         maxLatencyMs: round(res.max),
         tokenDelayMs: TOKEN_DELAY_MS,
+        waitedForRenewal,
+        maxLatencyOtherMs: round(maxLatencyOtherMs),
       };
     } finally {
       await proxy.stop();
     }
     ctx.log(
-      `  lifetimes: ${lifetimes.tokenRequests} token requests in ${seconds} s (renewals every ${lifetimes.renewalEveryS.join(', ')} s), per lifetime [${lifetimes.perLifetime.join(', ')}], ${lifetimes.requests} requests, ${lifetimes.errors} errors, max latency ${lifetimes.maxLatencyMs} ms`,
+      `  lifetimes: ${lifetimes.tokenRequests} token requests in ${seconds} s (renewals every ${lifetimes.renewalEveryS.join(', ')} s), per lifetime [${lifetimes.perLifetime.join(', ')}], ${lifetimes.requests} requests, ${lifetimes.errors} errors, max latency ${lifetimes.maxLatencyMs} ms, ${lifetimes.waitedForRenewal} request(s) in flight across a whole token request`,
     );
     const allOne = lifetimes.perLifetime.length > 0 && lifetimes.perLifetime.every((n) => n === 1);
     lifetimeCheck.measured = `${lifetimes.perLifetime.length ? `${Math.min(...lifetimes.perLifetime)}–${Math.max(...lifetimes.perLifetime)}` : 'none'} over ${lifetimes.perLifetime.length} lifetimes of ${EXPIRES_IN_S} s (max ${lifetimes.maxInFlight} in flight, ${lifetimes.errors} failed requests)`;
     lifetimeCheck.pass = allOne && lifetimes.maxInFlight === 1 && lifetimes.errors === 0;
-    latencyCheck.measured = `${lifetimes.maxLatencyMs} ms (p99 ${lifetimes.p99Ms} ms)`;
-    latencyCheck.pass = lifetimes.maxLatencyMs < TOKEN_DELAY_MS;
+    latencyCheck.measured = `${lifetimes.waitedForRenewal} (max latency ${lifetimes.maxLatencyMs} ms, p99 ${lifetimes.p99Ms} ms)`;
+    latencyCheck.pass = lifetimes.waitedForRenewal === 0;
     return { result: { coldStart, lifetimes }, checks };
   } finally {
     await upstream.stop();

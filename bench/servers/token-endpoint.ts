@@ -12,6 +12,9 @@ import { flag, serveIpc } from '../lib/ipc.js';
 let expiresIn = Number(flag('expires-in', '3600'));
 let delayMs = Number(flag('delay-ms', '0'));
 
+/** Epoch milliseconds with sub-millisecond resolution, comparable with the bench's clock. */
+const now = () => performance.timeOrigin + performance.now();
+
 interface TokenRequest {
   start: number;
   end: number;
@@ -21,7 +24,7 @@ let inFlight = 0;
 let maxInFlight = 0;
 
 const server = createServer((req, res) => {
-  const start = performance.now();
+  const start = now();
   inFlight++;
   maxInFlight = Math.max(maxInFlight, inFlight);
   req.resume();
@@ -35,7 +38,7 @@ const server = createServer((req, res) => {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
       res.end(body);
       inFlight--;
-      log.push({ start, end: performance.now() });
+      log.push({ start, end: now() });
     }, delayMs);
   });
 });
@@ -53,6 +56,6 @@ server.listen(0, '127.0.0.1', () => {
       maxInFlight = inFlight;
       return null;
     },
-    stats: () => ({ requests: log, inFlight, maxInFlight, now: performance.now() }),
+    stats: () => ({ requests: log, inFlight, maxInFlight, now: now() }),
   });
 });
