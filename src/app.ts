@@ -14,8 +14,10 @@ import { CredentialWatcher } from './credentials/watcher.js';
 import { ERROR_HEADER, ProxyError } from './errors.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
+import { LocalSlotStore } from './pacing/local-slot-store.js';
+import { createPacer } from './pacing/pacer.js';
+import { createSharedStore } from './pacing/shared-store.js';
 import type { Pacer } from './pacing/types.js';
-import { UnpacedPacer } from './pacing/unpaced.js';
 import { Forwarder } from './proxy/forward.js';
 import { ProxyHandler } from './proxy/handler.js';
 import { TokenClient } from './token/client.js';
@@ -33,6 +35,8 @@ export interface App {
 export interface AppDeps {
   config: Config;
   credentials: ClientCredentials;
+  /** Contents of `rateLimit.shared.passwordFile`, read at start-up with the credentials. */
+  redisPassword?: string | undefined;
   env: Readonly<Record<string, string | undefined>>;
   logger: Logger;
   clock?: Clock;
@@ -64,7 +68,21 @@ export async function startApp(deps: AppDeps): Promise<App> {
     },
     logger,
   );
-  const pacer: Pacer = new UnpacedPacer(config.rateLimit.queue.max);
+  const shared = config.rateLimit.shared;
+  const store = shared
+    ? createSharedStore(config.rateLimit, shared, {
+        clock,
+        logger,
+        registry: metrics.registry,
+        password: deps.redisPassword,
+        localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
+      })
+    : undefined;
+  const pacer: Pacer = createPacer(config.rateLimit, {
+    clock,
+    metrics,
+    ...(store ? { store } : {}),
+  });
   const forwarder = new Forwarder(config.upstream);
   const handler = new ProxyHandler({ config, tokens, pacer, forwarder, metrics, logger, clock });
 

@@ -12,6 +12,7 @@ import {
   readCredentials,
 } from './credentials/credentials.js';
 import { createLogger } from './log/logger.js';
+import { readRedisPassword } from './pacing/shared-store.js';
 
 /** Exit statuses of CONTRACT.md, "Command line". */
 const EXIT = { ok: 0, unexpected: 1, config: 2 } as const;
@@ -50,9 +51,12 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
 
   let config: Config;
   let credentials: ClientCredentials;
+  let redisPassword: string | undefined;
   try {
     config = await loadConfig(file, env);
     credentials = await readCredentials(config.token, env);
+    const passwordFile = config.rateLimit.shared?.passwordFile;
+    if (passwordFile) redisPassword = readRedisPassword(passwordFile);
   } catch (err) {
     if (err instanceof ConfigError || err instanceof CredentialError) {
       process.stderr.write(
@@ -69,7 +73,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   }
 
   const logger = createLogger(config.log.level);
-  const app = await startApp({ config, credentials, env, logger });
+  const app = await startApp({ config, credentials, redisPassword, env, logger });
   await new Promise<void>((done) => {
     const stop = (signal: NodeJS.Signals) => {
       logger.info({ event: 'signal', signal });
@@ -94,7 +98,7 @@ function summary(file: string, c: Config, credentials: ClientCredentials): strin
     `  token:       ${c.token.url} (${c.token.authMethod}; renew at ${c.token.refreshAt} of the lifetime, ≥ ${formatDuration(c.token.minRemaining)} before expiry)`,
     `  credentials: ${creds}`,
     `  pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
-    `  shared:      ${rl.shared ? `${rl.shared.redis} key ${rl.shared.key} (fallback ${rl.shared.fallback})` : 'off (pacing per process)'}`,
+    `  shared:      ${rl.shared ? `${rl.shared.redis} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
   ];
   return `${lines.join('\n')}\n`;
 }

@@ -1,4 +1,10 @@
-import { type Idp, makePrivateKeyClient, makeSecretClient, startIdp } from '../support/idp.js';
+import {
+  type ClientMetadata,
+  type Idp,
+  makePrivateKeyClient,
+  makeSecretClient,
+  startIdp,
+} from '../support/idp.js';
 import {
   freePort,
   type ProxyProcess,
@@ -43,7 +49,7 @@ export async function startWorld(options: WorldOptions = {}): Promise<World> {
   const dir = await tempDir();
   const secrets = [CLIENT_SECRET];
   const credentials: Record<string, string> = {};
-  let client: Parameters<typeof startIdp>[0] extends infer O ? NonNullable<O>['clients'] : never;
+  let client: ClientMetadata[];
   if (method === 'private_key_jwt') {
     const key = await makePrivateKeyClient(CLIENT_ID);
     secrets.push(key.privateKeyPem.split('\n').slice(1, -2).join(''));

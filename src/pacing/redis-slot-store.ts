@@ -1,0 +1,235 @@
+import { once } from 'node:events';
+import { inspect } from 'node:util';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../log/logger.js';
+import {
+  parseReserveReply,
+  RESERVE_LUA,
+  type ReserveLimits,
+  type ReserveReply,
+  reserveArgs,
+  reserveKeys,
+} from './reserve-script.js';
+import type { SharedBudgetMetrics } from './shared-metrics.js';
+import type { Reservation, SlotStore } from './types.js';
+
+/**
+ * A `SlotStore` whose record lives outside the process and can therefore be unreachable. The
+ * `FallbackSlotStore` watches it through these two extra members.
+ */
+export interface SharedSlotStore extends SlotStore {
+  /** Resolves when the backing store answers now; rejects (quickly) when it does not. */
+  ping(): Promise<void>;
+  /** Registers a listener called when an established connection is lost. */
+  onConnectionLost(listener: (error: Error) => void): void;
+}
+
+/** How to reach one shared budget in Redis. */
+export interface RedisSlotStoreOptions extends ReserveLimits {
+  /** `redis://` or `rediss://` URL, without a password. */
+  url: string;
+  /** The Redis password (contents of `rateLimit.shared.passwordFile`); never logged. */
+  password?: string | undefined;
+  /** Replicas with the same key share one budget. */
+  key: string;
+  metrics: SharedBudgetMetrics;
+  logger?: Logger | undefined;
+  /** Per-call timeout in ms; see {@link DEFAULT_COMMAND_TIMEOUT_MS}. */
+  commandTimeoutMs?: number | undefined;
+  /** TCP + TLS + AUTH connect timeout in ms; see {@link DEFAULT_CONNECT_TIMEOUT_MS}. */
+  connectTimeoutMs?: number | undefined;
+}
+
+/**
+ * 250 ms. A reservation is one sub-millisecond script; a healthy Redis on the cluster network
+ * answers in about 1 ms, so 250 ms is far beyond any healthy p99 (a GC pause or failover must not
+ * flip a replica to fallback), yet short against the 30 s queue timeout. It is paid once, by the
+ * request that discovers an outage; after that the replica paces locally without asking Redis.
+ */
+export const DEFAULT_COMMAND_TIMEOUT_MS = 250;
+
+/** 1 s: TCP, TLS and AUTH to a Redis in the same cluster; longer only delays the fallback. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 1000;
+
+/** Reconnect backoff: 100 ms, 200 ms, … capped at 1 s, so recovery is noticed within ~2 s. */
+const retryStrategy = (times: number): number => Math.min(times * 100, 1000);
+
+const COMMAND = 'm2mProxyReserve';
+
+/** The custom command that `defineCommand` adds at run time (EVALSHA, EVAL on NOSCRIPT). */
+interface ReserveCommander {
+  [COMMAND](state: string, starts: string, ...args: string[]): Promise<unknown>;
+}
+
+/** A reservation with the Redis-time facts behind it (for tests, benches and debugging). */
+export interface DetailedReservation extends Reservation {
+  /** The reserved (or earliest allowed) start, Redis time in µs since the epoch. */
+  startUs: number;
+  /** Redis `TIME` when the script ran, µs since the epoch. */
+  redisNowUs: number;
+}
+
+/** Error of a Redis call of the shared budget. Its message never contains the password. */
+export class SharedBudgetError extends Error {
+  readonly code = 'shared_budget_unavailable';
+}
+
+/**
+ * The fleet's budget in Redis (issue 7): every replica with the same `key` reserves its start
+ * times through one atomic Lua script that uses Redis `TIME`, so pod clocks do not matter.
+ *
+ * Fails fast while Redis is unreachable (no offline queue, no retry of a sent reservation,
+ * `commandTimeout` on every call) and reconnects in the background; `FallbackSlotStore` turns
+ * those failures into local pacing.
+ */
+export class RedisSlotStore implements SharedSlotStore {
+  readonly #client: Redis;
+  readonly #keys: [string, string];
+  readonly #limits: ReserveLimits;
+  readonly #metrics: SharedBudgetMetrics;
+  readonly #password: string | undefined;
+  readonly #timeoutMs: number;
+  readonly #where: string;
+  readonly #lostListeners: ((error: Error) => void)[] = [];
+  #closing = false;
+
+  constructor(options: RedisSlotStoreOptions) {
+    this.#keys = reserveKeys(options.key);
+    this.#limits = {
+      perSecond: options.perSecond,
+      burst: options.burst,
+      windowMax: options.windowMax,
+      windowMs: options.windowMs,
+    };
+    this.#metrics = options.metrics;
+    this.#password = options.password === '' ? undefined : options.password;
+    this.#timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    this.#where = describeUrl(options.url);
+    const redisOptions: RedisOptions = {
+      commandTimeout: this.#timeoutMs,
+      connectTimeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      // Fail fast while disconnected instead of queueing reservations that would come back late.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      // A reservation that may have run must never run twice (it would take two slots).
+      autoResendUnfulfilledCommands: false,
+      retryStrategy,
+      connectionName: 'm2m-proxy',
+      lazyConnect: false,
+    };
+    if (this.#password !== undefined) redisOptions.password = this.#password;
+    this.#client = new Redis(options.url, redisOptions);
+    this.#client.defineCommand(COMMAND, { numberOfKeys: 2, lua: RESERVE_LUA });
+    const logger = options.logger;
+    this.#client.on('error', (error: unknown) => {
+      // ioredis reports every failed reconnect here; the one warn line comes from the fallback.
+      logger?.debug({
+        event: 'shared_budget_redis_error',
+        redis: this.#where,
+        reason: this.#reason(error),
+      });
+    });
+    this.#client.on('close', () => {
+      if (this.#closing) return;
+      const error = new SharedBudgetError(`connection to ${this.#where} lost`);
+      for (const listener of this.#lostListeners) listener(error);
+    });
+  }
+
+  /** Reserves a start in the fleet's budget; rejects with `SharedBudgetError` on any Redis failure. */
+  async reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation> {
+    const {
+      startUs: _s,
+      redisNowUs: _n,
+      ...reservation
+    } = await this.reserveDetailed(maxDelayMs, notBeforeMs);
+    return reservation;
+  }
+
+  /** Like `reserve`, with the Redis-time start and `TIME` of the script. */
+  async reserveDetailed(maxDelayMs: number, notBeforeMs: number): Promise<DetailedReservation> {
+    const began = performance.now();
+    let reply: ReserveReply;
+    try {
+      await this.#whenReady();
+      const raw = await (this.#client as unknown as ReserveCommander)[COMMAND](
+        ...this.#keys,
+        ...reserveArgs(this.#limits, maxDelayMs, notBeforeMs),
+      );
+      reply = parseReserveReply(raw);
+    } catch (error) {
+      this.#metrics.errors.inc();
+      throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
+    }
+    this.#metrics.reserveDuration.observe((performance.now() - began) / 1000);
+    const reservation: DetailedReservation = {
+      granted: reply.granted,
+      // Whole milliseconds, rounded up: a timer never fires before the reserved start.
+      delayMs: Math.max(0, Math.ceil(reply.delayUs / 1000)),
+      startUs: reply.startUs,
+      redisNowUs: reply.nowUs,
+    };
+    if (reply.windowRemaining !== undefined) reservation.windowRemaining = reply.windowRemaining;
+    return reservation;
+  }
+
+  /** PING with the command timeout; rejects with `SharedBudgetError` when Redis does not answer. */
+  async ping(): Promise<void> {
+    try {
+      await this.#whenReady();
+      await this.#client.ping();
+    } catch (error) {
+      this.#metrics.errors.inc();
+      throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
+    }
+  }
+
+  onConnectionLost(listener: (error: Error) => void): void {
+    this.#lostListeners.push(listener);
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    // Nothing to flush: a reservation in flight is worth nothing once the process stops.
+    this.#client.disconnect();
+  }
+
+  /** While (re)connecting, waits for the connection up to the command timeout instead of failing. */
+  async #whenReady(): Promise<void> {
+    const status = this.#client.status;
+    if (status === 'ready') return;
+    if (status === 'end') throw new Error('connection closed');
+    // Rejects on the first 'error' event too, so a refused connection fails at once.
+    await once(this.#client, 'ready', { signal: AbortSignal.timeout(this.#timeoutMs) }).catch(
+      (error: unknown) => {
+        throw error instanceof Error && error.name === 'AbortError'
+          ? new Error(`not connected within ${this.#timeoutMs} ms`)
+          : error;
+      },
+    );
+  }
+
+  /** A one-line reason, with the password censored should any library ever echo it. */
+  #reason(error: unknown): string {
+    const message = error instanceof Error ? error.message : String(error);
+    return this.#password ? message.split(this.#password).join('[redacted]') : message;
+  }
+
+  toJSON(): object {
+    return { redis: this.#where, key: this.#keys[0], password: '[redacted]' };
+  }
+
+  [inspect.custom](): string {
+    return `RedisSlotStore(${this.#where}, ${this.#keys[0]})`;
+  }
+}
+
+/** `host:port/db` of a Redis URL: what logs and errors say, never user or password. */
+export function describeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname === '/' ? '' : u.pathname}`;
+  } catch {
+    return 'redis';
+  }
+}

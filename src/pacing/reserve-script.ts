@@ -1,0 +1,185 @@
+/**
+ * The atomic reservation of the shared (fleet) budget: one Lua script, one round trip per
+ * reservation, Redis server time. See docs/shared-budget.md for the algorithm and its proof.
+ *
+ * Units inside the script are integer microseconds since the epoch (Redis `TIME`), so that a
+ * fractional rate such as 6/s (166 666.67 µs apart) loses nothing that matters and every number
+ * stays an exact double (< 2^53 µs ≈ year 2255).
+ */
+
+/**
+ * KEYS[1]: hash `{key}:state` — `tat` (GCRA theoretical arrival time, µs) and `seq` (a counter
+ *          that makes sorted-set members unique).
+ * KEYS[2]: sorted set `{key}:starts` — reserved start times (score = start µs), trimmed to the
+ *          window and to its newest `max` entries.
+ * ARGV: intervalUs (1e6 / perSecond; 0 = bucket off), burst, windowMax (0 = off), windowUs,
+ *       maxDelayUs, notBeforeUs, margin of the idle expiry in ms.
+ * Returns {granted 1|0, delayUs, windowRemaining (-1 = window off), startUs, nowUs}.
+ *
+ * Reservations are kept in non-decreasing start order (a new start is never before the newest
+ * reserved one). That makes the sliding-window check "fewer than max starts after start − length"
+ * exact, and GCRA is exact for starts processed in order.
+ */
+export const RESERVE_LUA = `
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local wmax = tonumber(ARGV[3])
+local wlen = tonumber(ARGV[4])
+local maxDelay = tonumber(ARGV[5])
+local notBefore = tonumber(ARGV[6])
+local marginMs = tonumber(ARGV[7])
+
+local function fmt(x) return string.format('%.0f', x) end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local start = now + notBefore
+
+-- Token bucket as GCRA: a start at s conforms when s >= tat - (burst - 1) * interval.
+local tat = nil
+if interval > 0 then
+  tat = tonumber(redis.call('HGET', KEYS[1], 'tat'))
+  if tat then
+    local earliest = tat - (burst - 1) * interval
+    if earliest > start then start = earliest end
+  end
+end
+
+-- Exact sliding window: at most wmax starts in any (s - wlen, s].
+local n = 0
+if wmax > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now - wlen))
+  n = redis.call('ZCARD', KEYS[2])
+  if n > wmax then
+    -- Only the newest wmax entries can ever decide a later start.
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - wmax - 1)
+    n = wmax
+  end
+  if n > 0 then
+    local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+    local last = tonumber(newest[2])
+    if last > start then start = last end
+  end
+  if n >= wmax then
+    -- The (n - wmax + 1)-th oldest must have left the window: start >= it + wlen.
+    local e = redis.call('ZRANGE', KEYS[2], n - wmax, n - wmax, 'WITHSCORES')
+    local leaves = tonumber(e[2]) + wlen
+    if leaves > start then start = leaves end
+  end
+end
+
+start = math.ceil(start)
+local delay = start - now
+
+if delay > maxDelay then
+  local remaining = -1
+  if wmax > 0 then remaining = math.max(0, wmax - n) end
+  return {0, delay, remaining, start, now}
+end
+
+if interval > 0 then
+  local base = start
+  if tat and tat > base then base = tat end
+  redis.call('HSET', KEYS[1], 'tat', fmt(math.ceil(base + interval)))
+end
+local remaining = -1
+if wmax > 0 then
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('ZADD', KEYS[2], fmt(start), fmt(start) .. '-' .. seq)
+  n = n + 1
+  remaining = math.max(0, wmax - n)
+end
+
+if interval > 0 or wmax > 0 then
+  -- Idle expiry: nothing in either key matters once the reserved start is older than both the
+  -- window and the time the bucket needs to refill.
+  local keep = burst * interval
+  if wmax > 0 and wlen > keep then keep = wlen end
+  local ttl = math.ceil((delay + keep) / 1000) + marginMs
+  redis.call('PEXPIRE', KEYS[1], fmt(ttl))
+  if wmax > 0 then redis.call('PEXPIRE', KEYS[2], fmt(ttl)) end
+end
+
+return {1, delay, remaining, start, now}
+`;
+
+/** Limits of one shared budget, as the script takes them. */
+export interface ReserveLimits {
+  /** Starts per second; 0 turns the token bucket off. */
+  perSecond: number;
+  /** Starts allowed at once after idle time (≥ 1). */
+  burst: number;
+  /** At most this many starts in any `windowMs`; 0 turns the window off. */
+  windowMax: number;
+  /** Length of the sliding window in milliseconds. */
+  windowMs: number;
+}
+
+/** The decoded answer of the script. */
+export interface ReserveReply {
+  granted: boolean;
+  /** Microseconds from Redis `now` until the (reserved or earliest allowed) start. */
+  delayUs: number;
+  /** Starts still allowed in the window after this call; undefined when the window is off. */
+  windowRemaining: number | undefined;
+  /** The (reserved or earliest allowed) start, Redis time in µs since the epoch. */
+  startUs: number;
+  /** Redis `TIME` when the script ran, µs since the epoch. */
+  nowUs: number;
+}
+
+/**
+ * Extra life of idle keys beyond what the algorithm needs (ms): covers the reply's trip and a
+ * replica that sleeps a little late before starting.
+ */
+export const EXPIRY_MARGIN_MS = 10_000;
+
+/**
+ * The two Redis keys of a budget. The `{…}` hash tag puts both in one Redis Cluster slot, as a
+ * script touching two keys requires.
+ */
+export function reserveKeys(key: string): [state: string, starts: string] {
+  return [`{${key}}:state`, `{${key}}:starts`];
+}
+
+/** The script's ARGV for one reservation (all integers except the interval, which is exact). */
+export function reserveArgs(
+  limits: ReserveLimits,
+  maxDelayMs: number,
+  notBeforeMs: number,
+): string[] {
+  const intervalUs = limits.perSecond > 0 ? 1_000_000 / limits.perSecond : 0;
+  return [
+    // Full double precision: the script rounds up once per reservation, never accumulates error.
+    intervalUs.toPrecision(17),
+    String(Math.max(1, Math.floor(limits.burst))),
+    String(Math.max(0, Math.floor(limits.windowMax))),
+    String(Math.ceil(limits.windowMs * 1000)),
+    // Rounding the allowance down and the pause up keeps both on the safe side.
+    String(Math.floor(maxDelayMs * 1000)),
+    String(Math.ceil(Math.max(0, notBeforeMs) * 1000)),
+    String(EXPIRY_MARGIN_MS),
+  ];
+}
+
+/** Decodes the script's reply; throws when it is not the expected five integers. */
+export function parseReserveReply(reply: unknown): ReserveReply {
+  if (!Array.isArray(reply) || reply.length !== 5 || !reply.every((v) => typeof v === 'number')) {
+    throw new Error('unexpected reply from the shared-budget script');
+  }
+  const [granted, delayUs, remaining, startUs, nowUs] = reply as number[] as [
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  return {
+    granted: granted === 1,
+    delayUs,
+    windowRemaining: remaining < 0 ? undefined : remaining,
+    startUs,
+    nowUs,
+  };
+}

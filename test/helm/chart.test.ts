@@ -1,0 +1,600 @@
+import { createHash } from 'node:crypto';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, posix } from 'node:path';
+import {
+  PodMonitor,
+  PrometheusRule,
+  ServiceMonitor,
+} from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1';
+import { parser as promql } from '@prometheus-io/lezer-promql';
+import { Deployment } from 'kubernetes-models/apps/v1';
+import { ConfigMap, Secret, Service } from 'kubernetes-models/v1';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import { CHART_METRIC_NAMES, referencedMetricNames } from './metric-names.js';
+import {
+  CHART_DIR,
+  createRenderer,
+  type K8sObject,
+  parseManifests,
+  planRenderer,
+  type Renderer,
+  type RenderOptions,
+  ROOT,
+} from './renderer.js';
+
+const plan = planRenderer();
+if (!plan.available) {
+  console.warn(`\n[helm chart tests] SKIPPED: ${plan.reason}.\n`);
+}
+const title = plan.available
+  ? `helm chart rendered with ${plan.describe}`
+  : `helm chart (skipped: ${plan.reason})`;
+
+const CI_DIR = join(CHART_DIR, 'ci');
+const CI_FILES = readdirSync(CI_DIR)
+  .filter((f) => f.endsWith('-values.yaml'))
+  .sort();
+
+/** The keys m2m-proxy.yaml may have at the top (CONTRACT.md, "Configuration"). */
+const CONFIG_TOP_KEYS = ['listen', 'admin', 'upstream', 'token', 'rateLimit', 'log', 'shutdown'];
+
+/** Validates a rendered object with the model of its kind; throws with the schema's errors. */
+const MODELS: Record<string, new (data: never) => { validate(): void }> = {
+  'apps/v1/Deployment': Deployment,
+  'v1/ConfigMap': ConfigMap,
+  'v1/Secret': Secret,
+  'v1/Service': Service,
+  'monitoring.coreos.com/v1/PodMonitor': PodMonitor,
+  'monitoring.coreos.com/v1/ServiceMonitor': ServiceMonitor,
+  'monitoring.coreos.com/v1/PrometheusRule': PrometheusRule,
+};
+
+// biome-ignore lint/suspicious/noExplicitAny: container specs are checked field by field
+type Container = any;
+
+function find(objects: K8sObject[], kind: string, nameSuffix = ''): K8sObject | undefined {
+  return objects.find((o) => o.kind === kind && o.metadata.name.endsWith(nameSuffix));
+}
+
+function podSpec(deployment: K8sObject) {
+  return deployment.spec.template.spec;
+}
+
+function sidecarOf(deployment: K8sObject, name = 'm2m-proxy'): Container {
+  const spec = podSpec(deployment);
+  return [...(spec.initContainers ?? []), ...spec.containers].find(
+    (c: Container) => c.name === name,
+  );
+}
+
+function configOf(objects: K8sObject[]): Record<string, unknown> {
+  const cm = objects.find((o) => o.kind === 'ConfigMap' && o.data?.['m2m-proxy.yaml']);
+  if (!cm?.data) throw new Error('no ConfigMap with m2m-proxy.yaml');
+  return parse(cm.data['m2m-proxy.yaml'] as string) as Record<string, unknown>;
+}
+
+/** True when the PromQL text parses without an error node. */
+function promqlErrors(expr: string): string[] {
+  const errors: string[] = [];
+  promql.parse(expr).iterate({
+    enter: (node) => {
+      if (node.type.isError)
+        errors.push(`at ${node.from}: ${expr.slice(node.from, node.from + 30)}`);
+    },
+  });
+  return errors;
+}
+
+describe.skipIf(!plan.available)(title, () => {
+  let renderer: Renderer;
+  const rendered = new Map<string, K8sObject[]>();
+
+  function render(options: RenderOptions = {}) {
+    return renderer.render(CHART_DIR, options);
+  }
+
+  function renderOk(options: RenderOptions = {}): K8sObject[] {
+    const r = render(options);
+    if (r.status !== 0) throw new Error(`render failed:\n${r.stderr}`);
+    return parseManifests(r.stdout);
+  }
+
+  function ci(file: string): K8sObject[] {
+    let objects = rendered.get(file);
+    if (!objects) {
+      objects = renderOk({ valuesFiles: [join(CI_DIR, file)] });
+      rendered.set(file, objects);
+    }
+    return objects;
+  }
+
+  beforeAll(() => {
+    if (!plan.available) return;
+    // The first build of the stand-in installs Go from Debian.
+    renderer = createRenderer(plan);
+  }, 180_000);
+
+  it('refuses the default values and names every value that must be set', () => {
+    const r = render();
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('upstream.url is required');
+    expect(r.stderr).toContain('token.url is required');
+    expect(r.stderr).toContain('credentials: none given');
+  });
+
+  it('has example values in ci/ for each way of using it', () => {
+    expect(CI_FILES).toEqual(
+      expect.arrayContaining([
+        'native-sidecar-values.yaml',
+        'classic-sidecar-values.yaml',
+        'private-key-jwt-values.yaml',
+        'shared-redis-values.yaml',
+        'monitoring-values.yaml',
+      ]),
+    );
+  });
+
+  describe.each(CI_FILES)('with ci/%s', (file) => {
+    it('renders objects that are valid for their Kubernetes schema', () => {
+      const objects = ci(file);
+      expect(objects.length).toBeGreaterThan(0);
+      for (const o of objects) {
+        const Model = MODELS[`${o.apiVersion}/${o.kind}`];
+        expect(Model, `no model for ${o.apiVersion} ${o.kind}`).toBeDefined();
+        expect(() => new (Model as NonNullable<typeof Model>)(o as never).validate()).not.toThrow();
+        expect(o.metadata.namespace).toBe('default');
+        expect(o.metadata.labels?.['app.kubernetes.io/managed-by']).toBe('Helm');
+      }
+    });
+
+    it('renders a configuration with only the contract keys, which the proxy accepts', async () => {
+      const config = configOf(ci(file));
+      for (const key of Object.keys(config)) expect(CONFIG_TOP_KEYS).toContain(key);
+      const dir = mkdtempSync(join(tmpdir(), 'm2m-proxy-chart-'));
+      try {
+        const path = join(dir, 'm2m-proxy.yaml');
+        writeFileSync(path, stringify(config));
+        await expect(loadConfig(path, {})).resolves.toBeDefined();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('mounts every file the configuration names, as a whole directory (rotation works)', () => {
+      const objects = ci(file);
+      const config = configOf(objects) as {
+        token: { credentials: Record<string, string> };
+        upstream: { caFile?: string };
+        rateLimit: { shared?: { passwordFile?: string } };
+      };
+      const files = [
+        ...Object.entries(config.token.credentials)
+          .filter(([k]) => k.endsWith('File'))
+          .map(([, v]) => v),
+        config.upstream.caFile,
+        config.rateLimit.shared?.passwordFile,
+      ].filter((f): f is string => typeof f === 'string');
+      expect(files.length).toBeGreaterThan(0);
+      // With no example Deployment, the container is checked through the wrapper chart test.
+      const deployment = find(objects, 'Deployment');
+      if (!deployment) return;
+      const proxy = sidecarOf(deployment);
+      const volumes = podSpec(deployment).volumes as Container[];
+      for (const f of [...files, '/etc/m2m-proxy/m2m-proxy.yaml']) {
+        const mount = proxy.volumeMounts.find((m: Container) => posix.dirname(f) === m.mountPath);
+        expect(mount, `${f} is mounted`).toBeDefined();
+        expect(mount.subPath).toBeUndefined();
+        const volume = volumes.find((v) => v.name === mount.name);
+        const items = (volume.secret ?? volume.configMap).items as Container[] | undefined;
+        if (items) expect(items.map((i) => i.path)).toContain(posix.basename(f));
+      }
+    });
+  });
+
+  it('ci files without the example still render the configuration and credentials', () => {
+    const objects = ci('private-key-jwt-values.yaml');
+    expect(find(objects, 'Deployment')).toBeUndefined();
+    expect(find(objects, 'ConfigMap')).toBeDefined();
+    // existingSecret: the chart mounts it and never creates or copies it.
+    expect(find(objects, 'Secret')).toBeUndefined();
+  });
+
+  it('runs the sidecar locked down: non-root 65532, read-only root, no privileges', () => {
+    for (const file of ['native-sidecar-values.yaml', 'classic-sidecar-values.yaml']) {
+      const proxy = sidecarOf(find(ci(file), 'Deployment') as K8sObject);
+      expect(proxy.securityContext).toMatchObject({
+        runAsNonRoot: true,
+        runAsUser: 65532,
+        allowPrivilegeEscalation: false,
+        readOnlyRootFilesystem: true,
+        capabilities: { drop: ['ALL'] },
+        seccompProfile: { type: 'RuntimeDefault' },
+      });
+      expect(proxy.resources.requests).toBeDefined();
+      expect(proxy.resources.limits.memory).toBeDefined();
+    }
+  });
+
+  it('probes /healthz (startup, liveness) and /readyz (readiness) on the admin port', () => {
+    const proxy = sidecarOf(find(ci('native-sidecar-values.yaml'), 'Deployment') as K8sObject);
+    expect(proxy.ports).toEqual([{ name: 'm2m-metrics', containerPort: 9090, protocol: 'TCP' }]);
+    expect(proxy.startupProbe.httpGet).toEqual({ path: '/healthz', port: 'm2m-metrics' });
+    expect(proxy.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'm2m-metrics' });
+    expect(proxy.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'm2m-metrics' });
+    expect(proxy.args).toEqual(['--config', '/etc/m2m-proxy/m2m-proxy.yaml']);
+  });
+
+  it('places a native sidecar in initContainers with restartPolicy Always', () => {
+    const spec = podSpec(find(ci('native-sidecar-values.yaml'), 'Deployment') as K8sObject);
+    expect(spec.initContainers.map((c: Container) => c.name)).toEqual(['m2m-proxy']);
+    expect(spec.initContainers[0].restartPolicy).toBe('Always');
+    expect(spec.containers.map((c: Container) => c.name)).toEqual(['app']);
+  });
+
+  it('places a classic sidecar beside the app, without restartPolicy', () => {
+    const spec = podSpec(find(ci('classic-sidecar-values.yaml'), 'Deployment') as K8sObject);
+    expect(spec.initContainers).toBeUndefined();
+    expect(spec.containers.map((c: Container) => c.name)).toEqual(['app', 'm2m-proxy']);
+    const proxy = spec.containers[1];
+    expect(proxy.restartPolicy).toBeUndefined();
+    expect(proxy.lifecycle.preStop.sleep.seconds).toBe(5);
+    // 25 s shutdown.timeout + 10 s margin + 5 s preStop sleep.
+    expect(spec.terminationGracePeriodSeconds).toBe(40);
+  });
+
+  it('gives the pod more grace than shutdown.timeout', () => {
+    const spec = podSpec(find(ci('native-sidecar-values.yaml'), 'Deployment') as K8sObject);
+    expect(spec.terminationGracePeriodSeconds).toBe(35);
+    const longer = renderOk({
+      valuesFiles: [join(CI_DIR, 'native-sidecar-values.yaml')],
+      set: ['shutdown.timeout=1.5m'],
+    });
+    expect(podSpec(find(longer, 'Deployment') as K8sObject).terminationGracePeriodSeconds).toBe(
+      100,
+    );
+  });
+
+  it('refuses a native sidecar on Kubernetes before 1.29', () => {
+    const r = render({
+      valuesFiles: [join(CI_DIR, 'native-sidecar-values.yaml')],
+      kubeVersion: 'v1.28.4',
+    });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('sidecar.mode native needs Kubernetes 1.29');
+    const classic = render({
+      valuesFiles: [join(CI_DIR, 'classic-sidecar-values.yaml')],
+      kubeVersion: 'v1.28.4',
+    });
+    expect(classic.status).toBe(0);
+  });
+
+  it('annotates the pod with the checksum of the configuration, which follows its changes', () => {
+    const file = join(CI_DIR, 'native-sidecar-values.yaml');
+    const checksum = (objects: K8sObject[]) =>
+      (find(objects, 'Deployment') as K8sObject).spec.template.metadata.annotations[
+        'checksum/m2m-proxy-config'
+      ] as string;
+    const objects = ci('native-sidecar-values.yaml');
+    const data = (find(objects, 'ConfigMap') as K8sObject).data?.['m2m-proxy.yaml'] as string;
+    expect(checksum(objects)).toBe(
+      createHash('sha256').update(data.replace(/\n$/, '')).digest('hex'),
+    );
+    const changed = renderOk({ valuesFiles: [file], set: ['rateLimit.perSecond=3'] });
+    expect(checksum(changed)).not.toBe(checksum(objects));
+    const same = renderOk({ valuesFiles: [file], set: ['example.replicas=4'] });
+    expect(checksum(same)).toBe(checksum(objects));
+  });
+
+  it('creates the credentials Secret from inline values only', () => {
+    const secret = find(ci('classic-sidecar-values.yaml'), 'Secret') as K8sObject;
+    expect(secret.metadata.name).toBe('release-name-m2m-proxy-credentials');
+    expect(Buffer.from(secret.data?.['client-id'] as string, 'base64').toString()).toBe(
+      'example-client',
+    );
+    expect(Object.keys(secret.data ?? {}).sort()).toEqual(['client-id', 'client-secret']);
+    expect(find(ci('shared-redis-values.yaml'), 'Secret')).toBeUndefined();
+  });
+
+  it('renders the shared budget with the Redis password mounted from its Secret', () => {
+    const objects = ci('shared-redis-values.yaml');
+    const config = configOf(objects) as { rateLimit: { shared: Record<string, unknown> } };
+    expect(config.rateLimit.shared).toEqual({
+      redis: 'redis://redis-master.redis.svc:6379/0',
+      key: 'm2m-proxy:api.example.com',
+      fallback: 0.33,
+      passwordFile: '/var/run/secrets/redis/password',
+    });
+    const volumes = podSpec(find(objects, 'Deployment') as K8sObject).volumes as Container[];
+    expect(volumes.find((v) => v.name === 'm2m-proxy-redis').secret).toMatchObject({
+      secretName: 'redis',
+      items: [{ key: 'redis-password', path: 'password' }],
+    });
+    // The key defaults to one per upstream host.
+    const defaulted = renderOk({
+      valuesFiles: [join(CI_DIR, 'shared-redis-values.yaml')],
+      set: ['rateLimit.shared.key='],
+    });
+    expect(
+      (configOf(defaulted) as { rateLimit: { shared: { key: string } } }).rateLimit.shared.key,
+    ).toBe('m2m-proxy:api.example.com');
+  });
+
+  it.each([
+    ['both an existing Secret and inline values', ['credentials.inline.clientId=x'], 'not both'],
+    [
+      'an existing Secret with no keys mapped',
+      ['credentials.existingSecretKeys.authorization='],
+      'map at least one part',
+    ],
+    [
+      'two credential forms',
+      [
+        'credentials.existingSecretKeys.clientId=id',
+        'credentials.existingSecretKeys.clientSecret=s',
+      ],
+      'exactly one form',
+    ],
+    [
+      'a client id alone',
+      [
+        'credentials.existingSecretKeys.authorization=',
+        'credentials.existingSecretKeys.clientId=id',
+      ],
+      'needs clientSecret or privateKey',
+    ],
+    [
+      'private_key_jwt without a private key',
+      ['token.authMethod=private_key_jwt'],
+      'needs credentials privateKey',
+    ],
+    [
+      'a keyId without a private key',
+      ['credentials.keyId=k1'],
+      'keyId is only used with a privateKey',
+    ],
+    [
+      'the shared budget without Redis',
+      ['rateLimit.shared.redis='],
+      'rateLimit.shared.redis is required',
+    ],
+    [
+      'a password in the Redis URL',
+      ['rateLimit.shared.enabled=true', 'rateLimit.shared.redis=redis://:hunter2@redis:6379'],
+      'must not contain a password',
+    ],
+    [
+      'credentials in the upstream URL',
+      ['upstream.url=https://u:p@api.example.com'],
+      'must not contain credentials',
+    ],
+    ['retry.min above retry.max', ['token.retry.min=2m'], 'retry.min must not be greater'],
+    ['a loopback admin port with probes on', ['admin.host=127.0.0.1'], 'is loopback'],
+    ['the same port twice', ['admin.port=8080'], 'must differ'],
+    [
+      'a ServiceMonitor without a Service',
+      ['monitoring.serviceMonitor.enabled=true', 'example.enabled=false'],
+      'needs metricsService.enabled',
+    ],
+    [
+      'a PodMonitor and a ServiceMonitor',
+      ['monitoring.serviceMonitor.enabled=true', 'monitoring.podMonitor.enabled=true'],
+      'not both',
+    ],
+    [
+      'a CA from both a ConfigMap and a Secret',
+      ['upstream.ca.configMap=a', 'upstream.ca.secret=b'],
+      'configMap or secret, not both',
+    ],
+  ])('fails on %s, saying why', (_what, set, message) => {
+    const r = render({ valuesFiles: [join(CI_DIR, 'shared-redis-values.yaml')], set });
+    expect(r.status).not.toBe(0);
+    // A real Helm may refuse some of these earlier, through values.schema.json.
+    if (renderer.kind === 'helm-render') expect(r.stderr).toContain(message);
+  });
+
+  describe('PrometheusRule', () => {
+    const rulesOf = (file: string) =>
+      (find(ci(file), 'PrometheusRule') as K8sObject).spec.groups.flatMap(
+        (g: { rules: unknown[] }) => g.rules,
+      ) as {
+        alert: string;
+        expr: string;
+        for: string;
+        labels: Record<string, string>;
+        annotations: Record<string, string>;
+      }[];
+
+    it('has the alerts an operator is paged by', () => {
+      const alerts = rulesOf('monitoring-values.yaml').map((r) => r.alert);
+      expect(alerts).toEqual(
+        expect.arrayContaining([
+          'M2MProxyTokenRenewalFailing',
+          'M2MProxyTokenExpiringSoon',
+          'M2MProxyNotReady',
+          'M2MProxyUpstreamAuthErrors',
+          'M2MProxyQueueNearFull',
+          'M2MProxyRateLimited',
+        ]),
+      );
+      expect(alerts).not.toContain('M2MProxySharedBudgetDown');
+      expect(rulesOf('shared-redis-values.yaml').map((r) => r.alert)).toContain(
+        'M2MProxySharedBudgetDown',
+      );
+    });
+
+    it('uses valid PromQL on metric names the proxy exports only', () => {
+      for (const file of ['monitoring-values.yaml', 'shared-redis-values.yaml']) {
+        for (const rule of rulesOf(file)) {
+          expect(promqlErrors(rule.expr), `${rule.alert}: ${rule.expr}`).toEqual([]);
+          const names = referencedMetricNames(rule.expr);
+          expect(names.size, rule.alert).toBeGreaterThan(0);
+          for (const name of names) expect(CHART_METRIC_NAMES).toContain(name);
+        }
+      }
+    });
+
+    it('fires on renewals failing for 5 minutes and on a token within 2 × minRemaining', () => {
+      const rules = rulesOf('monitoring-values.yaml');
+      const failing = rules.find((r) => r.alert === 'M2MProxyTokenRenewalFailing');
+      expect(failing?.for).toBe('5m');
+      expect(failing?.labels.severity).toBe('critical');
+      expect(failing?.labels.team).toBe('payments');
+      const expiring = rules.find((r) => r.alert === 'M2MProxyTokenExpiringSoon');
+      // monitoring-values.yaml sets token.minRemaining 45s: 2 × 45 = 90 s.
+      expect(expiring?.expr).toMatch(
+        /m2m_proxy_token_expiry_timestamp_seconds\{[^}]*\} - time\(\)\) < 90 > 0/,
+      );
+      expect(rules.find((r) => r.alert === 'M2MProxyQueueNearFull')?.expr).toMatch(/> 800$/);
+    });
+
+    it("keeps Prometheus' own template syntax in the annotations", () => {
+      const rule = rulesOf('monitoring-values.yaml')[0];
+      expect(rule?.annotations.summary).toContain('{{ $labels.pod }}');
+    });
+  });
+
+  describe('Grafana dashboard', () => {
+    it('is a ConfigMap with the grafana_dashboard label holding the dashboard JSON', () => {
+      const cm = find(ci('monitoring-values.yaml'), 'ConfigMap', '-dashboard') as K8sObject;
+      expect(cm.metadata.labels?.grafana_dashboard).toBe('1');
+      const json = JSON.parse(cm.data?.['m2m-proxy.json'] as string);
+      expect(json.uid).toBe('m2m-proxy');
+    });
+  });
+
+  describe('from a chart that includes the named templates', () => {
+    let dir: string;
+    let subchartValues: string;
+    const example = join(ROOT, 'helm/examples/my-app');
+
+    /**
+     * helm/examples/my-app with this chart's _helpers.tpl copied in (the stand-in has no
+     * subcharts), and the values Helm would give it: this chart's defaults merged under
+     * `.Values.m2m-proxy` with the app's. The objects the dependency itself renders (ConfigMap,
+     * monitors) come from rendering this chart alone with those values, as Helm does.
+     */
+    beforeAll(() => {
+      if (!plan.available) return;
+      dir = mkdtempSync(join(tmpdir(), 'm2m-proxy-wrapper-'));
+      cpSync(example, join(dir, 'my-app'), { recursive: true });
+      cpSync(
+        join(CHART_DIR, 'templates/_helpers.tpl'),
+        join(dir, 'my-app/templates/_m2m-proxy.tpl'),
+      );
+      // The helpers stand in for the dependency, which a real Helm would look for in charts/.
+      const chartYaml = join(dir, 'my-app/Chart.yaml');
+      const meta = parse(readFileSync(chartYaml, 'utf8'));
+      delete meta.dependencies;
+      writeFileSync(chartYaml, stringify(meta));
+      const values = parse(readFileSync(join(example, 'values.yaml'), 'utf8'));
+      const defaults = parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8'));
+      values['m2m-proxy'] = merge(defaults, values['m2m-proxy']);
+      writeFileSync(join(dir, 'my-app/values.yaml'), stringify(values));
+      subchartValues = join(dir, 'm2m-proxy-values.yaml');
+      writeFileSync(subchartValues, stringify(values['m2m-proxy']));
+    });
+    afterAll(() => {
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    });
+
+    function renderApp(set: string[] = []) {
+      const r = renderer.render(join(dir, 'my-app'), { releaseName: 'shop', set });
+      expect(r.stderr).toBe('');
+      const deployment = parseManifests(r.stdout).find((o) => o.kind === 'Deployment') as K8sObject;
+      expect(() => new Deployment(deployment as never).validate()).not.toThrow();
+      return deployment;
+    }
+
+    it('injects a native sidecar, its volumes and labels into the including Deployment', () => {
+      const deployment = renderApp();
+      expect(deployment.metadata.name).toBe('shop');
+      const spec = podSpec(deployment);
+      expect(spec.initContainers[0]).toMatchObject({ name: 'm2m-proxy', restartPolicy: 'Always' });
+      expect(spec.containers.map((c: Container) => c.name)).toEqual(['my-app']);
+      expect(spec.terminationGracePeriodSeconds).toBe(35);
+
+      // The dependency's own objects, rendered in the same release, match what is mounted.
+      const dependency = renderOk({ releaseName: 'shop', valuesFiles: [subchartValues] });
+      const configMap = find(dependency, 'ConfigMap') as K8sObject;
+      expect(configMap.metadata.name).toBe('shop-m2m-proxy');
+      expect(spec.volumes).toEqual(
+        expect.arrayContaining([
+          { name: 'm2m-proxy-config', configMap: { name: 'shop-m2m-proxy' } },
+          expect.objectContaining({
+            name: 'm2m-proxy-credentials',
+            secret: expect.objectContaining({ secretName: 'my-app-m2m-credentials' }),
+          }),
+        ]),
+      );
+      const data = configMap.data?.['m2m-proxy.yaml'] as string;
+      expect(deployment.spec.template.metadata.annotations['checksum/m2m-proxy-config']).toBe(
+        createHash('sha256').update(data.replace(/\n$/, '')).digest('hex'),
+      );
+      const podMonitor = find(dependency, 'PodMonitor') as K8sObject;
+      expect(deployment.spec.template.metadata.labels).toMatchObject(
+        podMonitor.spec.selector.matchLabels,
+      );
+    });
+
+    it('injects a classic sidecar beside the app container', () => {
+      const spec = podSpec(renderApp(['m2m-proxy.sidecar.mode=classic']));
+      expect(spec.initContainers).toBeUndefined();
+      expect(spec.containers.map((c: Container) => c.name)).toEqual(['my-app', 'm2m-proxy']);
+    });
+  });
+
+  it('renders NOTES.txt for the example and for sidecar injection', () => {
+    // NOTES.txt is not rendered by `helm template`: wrap it in a template that emits it as data.
+    const chart = mkdtempSync(join(tmpdir(), 'm2m-proxy-notes-'));
+    try {
+      cpSync(CHART_DIR, chart, { recursive: true });
+      const notes = readFileSync(join(CHART_DIR, 'templates/NOTES.txt'), 'utf8');
+      rmSync(join(chart, 'templates/NOTES.txt'));
+      writeFileSync(
+        join(chart, 'templates/_notes.tpl'),
+        `{{- define "test.notes" -}}\n${notes}{{- end -}}\n`,
+      );
+      writeFileSync(
+        join(chart, 'templates/notes.yaml'),
+        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "test.notes" . | toJson }}\n',
+      );
+      const notesOf = (file: string) =>
+        (
+          parseManifests(renderer.render(chart, { valuesFiles: [join(CI_DIR, file)] }).stdout).find(
+            (o) => o.metadata.name === 'notes',
+          ) as K8sObject
+        ).data?.notes as string;
+      const example = notesOf('native-sidecar-values.yaml');
+      expect(example).toContain('logs deploy/release-name-m2m-proxy-example -c app');
+      expect(example).toContain('https://api.example.com/api/v1');
+      const injection = notesOf('private-key-jwt-values.yaml');
+      expect(injection).toContain('{{- include "m2m-proxy.nativeSidecar" . | nindent 6 }}');
+      expect(injection).toContain('http://127.0.0.1:8080');
+      expect(injection).not.toContain('<no value>');
+    } finally {
+      rmSync(chart, { recursive: true, force: true });
+    }
+  });
+});
+
+/** Helm's coalescing of a dependency's defaults with the parent's values for it. */
+function merge(base: unknown, override: unknown): unknown {
+  if (override === null) return undefined;
+  if (isPlainObject(base) && isPlainObject(override)) {
+    const out: Record<string, unknown> = { ...base };
+    for (const [k, v] of Object.entries(override)) {
+      const m = merge(base[k], v);
+      if (m === undefined) delete out[k];
+      else out[k] = m;
+    }
+    return out;
+  }
+  return override === undefined ? base : override;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}

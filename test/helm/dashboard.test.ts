@@ -1,0 +1,77 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parser as promql } from '@prometheus-io/lezer-promql';
+import { describe, expect, it } from 'vitest';
+import { CHART_METRIC_NAMES, referencedMetricNames } from './metric-names.js';
+import { CHART_DIR } from './renderer.js';
+
+interface Panel {
+  type: string;
+  title: string;
+  targets?: { expr: string }[];
+  panels?: Panel[];
+}
+
+const dashboard = JSON.parse(
+  readFileSync(join(CHART_DIR, 'dashboards/m2m-proxy.json'), 'utf8'),
+) as { uid: string; panels: Panel[]; templating: { list: { name: string }[] } };
+const panels = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
+const exprs = panels.flatMap((p) =>
+  (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr })),
+);
+
+/** Grafana's variables are not PromQL: give them values Prometheus would see. */
+function asPromQL(expr: string): string {
+  return expr.replaceAll('$__rate_interval', '1m').replaceAll('$__interval', '1m');
+}
+
+describe('Grafana dashboard (dashboards/m2m-proxy.json)', () => {
+  it('has the panels an operator needs', () => {
+    const titles = panels.map((p) => p.title);
+    for (const t of [
+      'Upstream responses by status',
+      'Upstream latency',
+      'Queue length',
+      'Queue wait',
+      'Window budget remaining',
+      'Token expiry countdown',
+      'Token renewals',
+    ]) {
+      expect(titles).toContain(t);
+    }
+    expect(dashboard.templating.list.map((v) => v.name)).toEqual([
+      'datasource',
+      'namespace',
+      'pod',
+    ]);
+  });
+
+  it('queries with valid PromQL', () => {
+    expect(exprs.length).toBeGreaterThan(0);
+    for (const { panel, expr } of exprs) {
+      const errors: number[] = [];
+      promql.parse(asPromQL(expr)).iterate({
+        enter: (n) => {
+          if (n.type.isError) errors.push(n.from);
+        },
+      });
+      expect(errors, `${panel}: ${expr}`).toEqual([]);
+    }
+  });
+
+  it('references only metric names the proxy exports', () => {
+    const used = new Set<string>();
+    for (const { expr } of exprs) for (const n of referencedMetricNames(expr)) used.add(n);
+    for (const n of used) expect(CHART_METRIC_NAMES).toContain(n);
+    // Every metric of the list is shown somewhere.
+    for (const n of CHART_METRIC_NAMES) expect([...used], n).toContain(n);
+  });
+
+  it('lists histograms by their base name and strips the series suffixes', () => {
+    expect([
+      ...referencedMetricNames(
+        'rate(m2m_proxy_queue_wait_seconds_bucket[5m]) + m2m_proxy_token_refreshes_total',
+      ),
+    ]).toEqual(['m2m_proxy_queue_wait_seconds', 'm2m_proxy_token_refreshes_total']);
+  });
+});

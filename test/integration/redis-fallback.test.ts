@@ -1,0 +1,185 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { Registry } from 'prom-client';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/clock.js';
+import type { FallbackSlotStore } from '../../src/pacing/fallback-slot-store.js';
+import { reserveKeys } from '../../src/pacing/reserve-script.js';
+import { createSharedStore, type RateLimitConfig } from '../../src/pacing/shared-store.js';
+import { logSink } from '../support/log-sink.js';
+import { type RedisServer, startRedis } from '../support/redis.js';
+import { StandInLocalStore } from '../support/stand-in-local-store.js';
+
+let redis: RedisServer;
+const open: FallbackSlotStore[] = [];
+
+beforeAll(async () => {
+  redis = await startRedis();
+});
+
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((s) => s.close()));
+});
+
+afterAll(async () => {
+  await redis?.stop();
+});
+
+const rateLimit = (perSecond: number, windowMax = 1000): RateLimitConfig => ({
+  perSecond,
+  burst: 1,
+  window: { max: windowMax, length: 60_000 },
+  queue: { max: 1000, timeout: 30_000 },
+});
+
+async function metric(registry: Registry, name: string): Promise<number> {
+  const m = registry.getSingleMetric(name);
+  if (!m) throw new Error(`${name} not registered`);
+  return (await m.get()).values[0]?.value ?? Number.NaN;
+}
+
+function build(url: string, key: string, perSecond: number, fallback: number) {
+  const registry = new Registry();
+  const sink = logSink('info');
+  const locals: StandInLocalStore[] = [];
+  const store = createSharedStore(
+    rateLimit(perSecond),
+    { redis: url, key, fallback },
+    {
+      clock: systemClock,
+      logger: sink.logger,
+      registry,
+      localStoreFactory: (limits) => {
+        const local = new StandInLocalStore({ ...limits, clock: systemClock });
+        locals.push(local);
+        return local;
+      },
+    },
+  );
+  open.push(store);
+  return { store, registry, sink, locals };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(condition: () => boolean, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await sleep(20);
+  }
+}
+
+describe('shared budget falls back to local pacing while Redis is down', () => {
+  it('keeps granting through a Redis outage at fallback × the limits, logs each switch once, and returns to the shared budget', async () => {
+    const key = `fallback:${randomUUID()}`;
+    const { store, registry, sink, locals } = build(redis.url, key, 10, 0.5);
+    expect(locals).toHaveLength(1);
+    expect(locals[0]?.limits).toMatchObject({ perSecond: 5, burst: 1, windowMax: 500 });
+
+    // A replica with an always-full queue, started times in local ms.
+    const starts: { at: number; shared: boolean }[] = [];
+    let failures = 0;
+    let running = true;
+    const loop = (async () => {
+      while (running) {
+        const r = await store.reserve(10_000, 0).catch(() => {
+          failures++;
+          return undefined;
+        });
+        if (!r?.granted) {
+          failures++;
+          continue;
+        }
+        await sleep(r.delayMs);
+        starts.push({ at: performance.now(), shared: store.usingShared });
+      }
+    })();
+
+    await sleep(1000);
+    expect(await metric(registry, 'm2m_proxy_shared_budget_up')).toBe(1);
+    expect(locals[0]?.starts).toHaveLength(0);
+
+    await redis.stop();
+    const downAt = performance.now();
+    try {
+      await sleep(2500);
+      expect(store.usingShared).toBe(false);
+      expect(await metric(registry, 'm2m_proxy_shared_budget_up')).toBe(0);
+      expect(await metric(registry, 'm2m_proxy_shared_budget_errors_total')).toBeGreaterThan(0);
+      const during = starts.filter((s) => s.at > downAt + 300 && !s.shared);
+      // 5/s alone: about 11 starts in the 2.2 s measured ...
+      expect(during.length).toBeGreaterThanOrEqual(9);
+      expect(during.length).toBeLessThanOrEqual(12);
+      // ... reserved ≥ 200 ms apart (what the replica really did jitters with the timers).
+      const reserved = locals[0]?.starts ?? [];
+      const gaps = reserved.slice(1).map((t, i) => t - (reserved[i] ?? 0));
+      expect(reserved.length).toBeGreaterThanOrEqual(9);
+      expect(Math.min(...gaps)).toBeGreaterThanOrEqual(200);
+    } finally {
+      await redis.restart();
+    }
+
+    await until(() => store.usingShared, 3000);
+    expect(await metric(registry, 'm2m_proxy_shared_budget_up')).toBe(1);
+    await sleep(500);
+    running = false;
+    await loop;
+
+    expect(failures).toBe(0);
+    // The reservations after the restart went to the (new, empty) Redis.
+    const check = new Redis(redis.url);
+    try {
+      expect(await check.zcard(reserveKeys(key)[1])).toBeGreaterThan(0);
+    } finally {
+      check.disconnect();
+    }
+    expect(sink.events().filter((e) => e === 'shared_budget_down')).toHaveLength(1);
+    expect(sink.events().filter((e) => e === 'shared_budget_up')).toHaveLength(1);
+    const down = sink.lines.map((l) => JSON.parse(l)).find((l) => l.event === 'shared_budget_down');
+    expect(down).toMatchObject({ level: 40, key });
+  });
+
+  it('paces locally from the start when Redis is unreachable, and the gauge says so', async () => {
+    const nothing = await startRedis();
+    const url = nothing.url;
+    await nothing.stop();
+    const { store, registry, sink, locals } = build(url, `fallback:${randomUUID()}`, 10, 0.25);
+    const began = performance.now();
+    const r = await store.reserve(10_000, 0);
+    expect(r).toMatchObject({ granted: true, delayMs: 0 });
+    // A refused connection fails at once; far below any queue timeout even on a loaded CI host.
+    expect(performance.now() - began).toBeLessThan(1000);
+    expect(locals[0]?.starts).toHaveLength(1);
+    await until(() => sink.events().includes('shared_budget_down'), 1000);
+    expect(await metric(registry, 'm2m_proxy_shared_budget_up')).toBe(0);
+    // Further reservations neither wait for Redis nor log again.
+    for (let i = 0; i < 3; i++) await store.reserve(10_000, 0);
+    expect(sink.events().filter((e) => e === 'shared_budget_down')).toHaveLength(1);
+  });
+
+  it('falls back within the command timeout when Redis stops answering without closing', async () => {
+    const key = `fallback:${randomUUID()}`;
+    const { store, registry, locals } = build(redis.url, key, 10, 0.25);
+    await until(() => store.usingShared, 1000);
+    expect((await store.reserve(10_000, 0)).granted).toBe(true);
+    const admin = new Redis(redis.url);
+    try {
+      // Redis holds every client's commands for 2 s: a hung server, as a black hole would be.
+      await admin.call('CLIENT', 'PAUSE', '2000', 'ALL');
+      const began = performance.now();
+      const r = await store.reserve(10_000, 0);
+      const took = performance.now() - began;
+      expect(r.granted).toBe(true);
+      expect(took).toBeGreaterThanOrEqual(240);
+      // The 250 ms command timeout, not the end of the pause, released it.
+      expect(took).toBeLessThan(1200);
+      expect(locals[0]?.starts).toHaveLength(1);
+      expect(store.usingShared).toBe(false);
+      expect(await metric(registry, 'm2m_proxy_shared_budget_errors_total')).toBeGreaterThan(0);
+      await until(() => store.usingShared, 5000);
+    } finally {
+      admin.disconnect();
+    }
+  });
+});

@@ -1,0 +1,163 @@
+import { randomUUID } from 'node:crypto';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
+import type { ReserveLimits } from '../../src/pacing/reserve-script.js';
+import { SharedBudgetMetrics } from '../../src/pacing/shared-metrics.js';
+import { type RedisServer, startRedis } from '../support/redis.js';
+
+// Three replicas (three stores, each with its own ioredis connection) draw from one key, each
+// behaving like the pacer: its queue head reserves, sleeps the delay, starts, and reserves again.
+
+let redis: RedisServer;
+const stores: RedisSlotStore[] = [];
+
+beforeAll(async () => {
+  redis = await startRedis();
+});
+
+afterAll(async () => {
+  await Promise.all(stores.map((s) => s.close()));
+  await redis?.stop();
+});
+
+function replica(key: string, limits: ReserveLimits): RedisSlotStore {
+  const store = new RedisSlotStore({
+    url: redis.url,
+    key,
+    ...limits,
+    metrics: new SharedBudgetMetrics(new Registry()),
+  });
+  stores.push(store);
+  return store;
+}
+
+interface Start {
+  replica: number;
+  /** Reserved start, Redis time, µs. */
+  startUs: number;
+  /** When the replica really started, local monotonic ms. */
+  localMs: number;
+  /** The same, wall clock ms (Redis runs on this host, so its TIME is the same clock). */
+  wallMs: number;
+}
+
+/** Every replica keeps one reservation outstanding (an always-full queue) for `ms`. */
+async function runFleet(members: RedisSlotStore[], ms: number): Promise<Start[]> {
+  const starts: Start[] = [];
+  const until = performance.now() + ms;
+  await Promise.all(
+    members.map(async (store, i) => {
+      while (performance.now() < until) {
+        const r = await store.reserveDetailed(10_000, 0);
+        expect(r.granted).toBe(true);
+        await new Promise((resolve) => setTimeout(resolve, r.delayMs));
+        starts.push({
+          replica: i,
+          startUs: r.startUs,
+          localMs: performance.now(),
+          wallMs: Date.now(),
+        });
+      }
+    }),
+  );
+  return starts.sort((a, b) => a.startUs - b.startUs);
+}
+
+/** Most starts in any half-open interval [t, t + length) of the sorted times. */
+function maxInSliding(times: number[], length: number): number {
+  let most = 0;
+  let lo = 0;
+  for (let hi = 0; hi < times.length; hi++) {
+    while ((times[hi] ?? 0) - (times[lo] ?? 0) >= length) lo++;
+    most = Math.max(most, hi - lo + 1);
+  }
+  return most;
+}
+
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
+}
+
+describe('one budget for a fleet (real Redis, real time)', () => {
+  it('three replicas bursting together never exceed perSecond in any sliding second and achieve ≥ 95% of it', async () => {
+    const key = `fleet:${randomUUID()}`;
+    const limits = { perSecond: 10, burst: 1, windowMax: 1000, windowMs: 60_000 };
+    const fleet = [replica(key, limits), replica(key, limits), replica(key, limits)];
+    const starts = await runFleet(fleet, 3000);
+
+    const redisUs = starts.map((s) => s.startUs);
+    const gapsUs = redisUs.slice(1).map((t, i) => t - (redisUs[i] ?? 0));
+    expect(Math.min(...gapsUs)).toBeGreaterThanOrEqual(100_000);
+    expect(maxInSliding(redisUs, 1_000_000)).toBeLessThanOrEqual(10);
+
+    const spanS = ((redisUs.at(-1) ?? 0) - (redisUs[0] ?? 0)) / 1e6;
+    const achieved = (redisUs.length - 1) / spanS;
+    expect(achieved).toBeGreaterThanOrEqual(9.5);
+    for (let i = 0; i < fleet.length; i++) {
+      expect(starts.filter((s) => s.replica === i).length).toBeGreaterThan(3);
+    }
+
+    // No replica starts before its reserved time (Redis is on this host: same wall clock; 1 ms
+    // for Date.now()'s granularity). Lateness comes from timers and the reply's trip.
+    for (const s of starts) expect(s.wallMs).toBeGreaterThanOrEqual(s.startUs / 1000 - 1);
+    const local = starts.map((s) => s.localMs).sort((a, b) => a - b);
+    const localGaps = local.slice(1).map((t, i) => t - (local[i] ?? 0));
+    const late = starts.map((s) => s.wallMs - s.startUs / 1000);
+    console.info(
+      `fleet 3×@10/s burst 1: ${starts.length} starts, achieved ${achieved.toFixed(3)}/s, ` +
+        `max ${maxInSliding(redisUs, 1_000_000)} per sliding second (Redis time), ` +
+        `min gap ${(Math.min(...gapsUs) / 1000).toFixed(3)} ms (Redis) / ` +
+        `${Math.min(...localGaps).toFixed(1)} ms (local), max local per sliding second ` +
+        `${maxInSliding(local, 1000)}, start lateness median ${median(late).toFixed(1)} ms`,
+    );
+  });
+
+  it('three replicas never exceed window.max in any window nor the bucket, and fill every window', async () => {
+    const key = `fleet:${randomUUID()}`;
+    const limits = { perSecond: 50, burst: 10, windowMax: 20, windowMs: 1000 };
+    const fleet = [replica(key, limits), replica(key, limits), replica(key, limits)];
+    const starts = await runFleet(fleet, 2500);
+    const t = starts.map((s) => s.startUs);
+
+    expect(maxInSliding(t, 1_000_000)).toBeLessThanOrEqual(20);
+    // Token bucket: any k consecutive starts span at least (k − burst) / perSecond.
+    for (let i = 0; i < t.length; i++) {
+      for (let j = i + limits.burst; j < t.length; j++) {
+        expect((t[j] ?? 0) - (t[i] ?? 0)).toBeGreaterThanOrEqual((j - i + 1 - 10) * 20_000);
+      }
+    }
+    // Exact, not merely safe: each of the first two whole windows holds exactly window.max.
+    const first = t[0] ?? 0;
+    for (const k of [0, 1]) {
+      const inWindow = t.filter(
+        (x) => x >= first + k * 1_000_000 && x < first + (k + 1) * 1_000_000,
+      );
+      expect(inWindow).toHaveLength(20);
+    }
+  });
+
+  it('keeps two keys as independent budgets', async () => {
+    const limits = { perSecond: 0, burst: 1, windowMax: 2, windowMs: 10_000 };
+    const a = replica(`fleet:a:${randomUUID()}`, limits);
+    const b = replica(`fleet:b:${randomUUID()}`, limits);
+    for (const store of [a, b]) {
+      expect(await store.reserve(0, 0)).toMatchObject({ granted: true, delayMs: 0 });
+      expect(await store.reserve(0, 0)).toMatchObject({ granted: true, delayMs: 0 });
+    }
+    for (const store of [a, b]) {
+      const refused = await store.reserve(0, 0);
+      expect(refused.granted).toBe(false);
+      expect(refused.delayMs).toBeGreaterThan(9000);
+    }
+    // And two replicas on one key do share it.
+    const sharedKey = `fleet:shared:${randomUUID()}`;
+    const a2 = replica(sharedKey, limits);
+    const b2 = replica(sharedKey, limits);
+    expect((await a2.reserve(0, 0)).granted).toBe(true);
+    expect((await b2.reserve(0, 0)).granted).toBe(true);
+    expect((await a2.reserve(0, 0)).granted).toBe(false);
+    expect((await b2.reserve(0, 0)).granted).toBe(false);
+  });
+});
