@@ -25,6 +25,8 @@ export interface MemoryResult {
     addedMiB: number;
     /** Queue length a few seconds after every queued client disconnected. */
     queueAfterDisconnect: number | undefined;
+    /** The same number of open requests held by a bare node:http server (the floor). */
+    bareNodeAddedMiB: number;
   };
   streaming: {
     bytes: number;
@@ -81,6 +83,12 @@ export async function runMemory(
   const upstream = await ServerChild.start('upstream');
   const tokenUrl = `${tokenEndpoint.url}/token`;
   try {
+    const requested_ = await queuedCount(ctx);
+    const floor = await bareNodeFloor(requested_.count);
+    ctx.log(
+      `  floor: a bare node:http server holding ${requested_.count} open requests grows ${floor} MiB`,
+    );
+
     // (a) idle, then 10,000 queued requests.
     const proxy = await M2mProxy.start({
       upstreamUrl: upstream.url,
@@ -97,15 +105,7 @@ export async function runMemory(
     try {
       await load({ url: `${proxy.url}/warm`, connections: 1, amount: 2 });
       idle = await idleRss(proxy.pid);
-      // Each queued request holds a socket in the bench and one in the proxy.
-      const limit = await fileLimit();
-      let requested = 10_000;
-      let note: string | undefined;
-      if (limit < requested + 200) {
-        requested = Math.max(100, limit - 200);
-        note = `ulimit -n is ${limit}: ${requested} queued requests instead of 10,000 (raise it with ulimit -n 20000)`;
-        ctx.log(`  ${note}`);
-      }
+      const { count: requested, note } = requested_;
       const reqs = await openMany(proxy.url, requested);
       let length: number | undefined;
       const deadline = Date.now() + 60_000;
@@ -130,6 +130,7 @@ export async function runMemory(
         rssMiB: round(rss, 1),
         addedMiB: round(rss - idle, 1),
         queueAfterDisconnect: metricValue(await proxy.metrics(), 'm2m_proxy_queue_length'),
+        bareNodeAddedMiB: floor,
       };
     } finally {
       await proxy.stop();
@@ -181,7 +182,7 @@ export async function runMemory(
     const [idleCheck, queuedCheck, streamCheck] = checks as [TargetCheck, TargetCheck, TargetCheck];
     idleCheck.measured = `${round(idle, 1)} MB`;
     idleCheck.pass = idle <= 80;
-    queuedCheck.measured = `+${queued.addedMiB} MB (${queued.queued ?? '?'} queued${queued.note ? `; ${queued.note}` : ''})`;
+    queuedCheck.measured = `+${queued.addedMiB} MB (${queued.queued ?? '?'} queued; bare node:http holding as many: +${queued.bareNodeAddedMiB} MB${queued.note ? `; ${queued.note}` : ''})`;
     queuedCheck.pass =
       queued.addedMiB <= 50 &&
       queued.requested === 10_000 &&
@@ -191,6 +192,39 @@ export async function runMemory(
     return { result: { idleMiB: round(idle, 1), queued, streaming }, checks };
   } finally {
     await upstream.stop();
+  }
+}
+
+/** How many requests to queue: 10,000 unless the open-file limit cannot hold them. */
+async function queuedCount(ctx: Ctx): Promise<{ count: number; note: string | undefined }> {
+  // Each queued request holds a socket in the bench and one in the proxy.
+  const limit = await fileLimit();
+  if (limit >= 10_000 + 200) return { count: 10_000, note: undefined };
+  const count = Math.max(100, limit - 200);
+  const note = `ulimit -n is ${limit}: ${count} queued requests instead of 10,000 (raise it with ulimit -n 20000)`;
+  ctx.log(`  ${note}`);
+  return { count, note };
+}
+
+/** RSS growth of a bare node:http server holding `count` open requests (bench/servers/hold.ts). */
+async function bareNodeFloor(count: number): Promise<number> {
+  const hold = await ServerChild.start('hold');
+  try {
+    await load({ url: `${hold.url}/warm`, connections: 1, amount: 2 });
+    const idle = await idleRss(hold.pid);
+    const reqs = await openMany(hold.url, count);
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline && (await hold.call<number>('held')) < count - 60)
+      await sleep(250);
+    const samples: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      samples.push(rssMiB(hold.pid) ?? Number.NaN);
+      await sleep(200);
+    }
+    for (const r of reqs) r.destroy();
+    return round(Math.max(...samples) - idle, 1);
+  } finally {
+    await hold.stop();
   }
 }
 
