@@ -7,6 +7,7 @@
  * Environment:
  *   BENCH_QUICK=1     shorter runs (smoke check, ~2 min); results go to results/quick.*
  *   BENCH_ONLY=a,b    only these runs: overhead, latency, token, pacing, memory, fleet
+ *                     (results go to results/partial.*, as with BENCH_CPU_PROF)
  *   BENCH_ROUNDS=n    rounds per target in the interleaved runs (default 3, QUICK 1)
  *   BENCH_CPU_PROF=1  run m2m-proxy with --cpu-prof (profiles in results/prof, summarised)
  *   BENCH_STRICT=1    exit 1 when a target fails
@@ -162,7 +163,9 @@ async function main(): Promise<void> {
 
   const resultsDir = join(repoRoot, 'bench', 'results');
   mkdirSync(resultsDir, { recursive: true });
-  const base = join(resultsDir, quick ? 'quick' : 'latest');
+  // Only a complete, unprofiled run replaces the committed latest.*; anything else is partial.
+  const partial = only !== undefined || ctx.cpuProf;
+  const base = join(resultsDir, quick ? 'quick' : partial ? 'partial' : 'latest');
   const json = { meta: { ...meta, seconds }, checks, results, errors, profiles };
   writeFileSync(`${base}.json`, `${JSON.stringify(json, null, 2)}\n`);
   const overhead = results.overhead as OverheadResult | undefined;
