@@ -156,7 +156,7 @@ function overheadChecks(ctx: Ctx, result: OverheadResult): TargetCheck[] {
       measured:
         vsHttpProxy === undefined
           ? 'not measured (m2m-proxy absent)'
-          : `${vsHttpProxy.toFixed(2)}× (${m2m?.rps} vs ${result.methods[method]?.['http-proxy']?.rps} req/s)`,
+          : `${vsHttpProxy.toFixed(2)}× (median of per-round ratios; medians ${m2m?.rps} vs ${result.methods[method]?.['http-proxy']?.rps} req/s)`,
       pass: vsHttpProxy === undefined ? null : vsHttpProxy >= 1.3,
     });
     const vsNginx = ratios?.nginx;
@@ -168,7 +168,7 @@ function overheadChecks(ctx: Ctx, result: OverheadResult): TargetCheck[] {
           ? ctx.nginx
             ? 'not measured (m2m-proxy absent)'
             : 'skipped (nginx not installed)'
-          : `${vsNginx.toFixed(2)}× (${m2m?.rps} vs ${result.methods[method]?.nginx?.rps} req/s)`,
+          : `${vsNginx.toFixed(2)}× (median of per-round ratios; medians ${m2m?.rps} vs ${result.methods[method]?.nginx?.rps} req/s)`,
       pass: vsNginx === undefined ? null : vsNginx >= 0.5,
     });
   }
