@@ -169,6 +169,11 @@ export class QueuePacer implements Pacer {
     return this.count;
   }
 
+  /** Every start goes through the FIFO and the store. */
+  tryAcquireNow(): boolean {
+    return false;
+  }
+
   /** See `Pacer.acquire`. */
   async acquire(options: AcquireOptions): Promise<void> {
     const { deadline, signal, ready } = options;
@@ -408,6 +413,13 @@ export class PassThroughPacer implements Pacer {
   /** Requests currently waiting for `ready` or for an upstream pause to end. */
   get waiting(): number {
     return this.count;
+  }
+
+  /** Pacing is off: a request starts at once unless the pacer is closed or paused. */
+  tryAcquireNow(): boolean {
+    if (this.closed || this.pausedUntil > this.clock.now()) return false;
+    this.metrics.queueWait.observe(0);
+    return true;
   }
 
   /** See `Pacer.acquire`. */

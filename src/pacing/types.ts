@@ -25,6 +25,11 @@ export interface Pacer {
    * deadline passes first, or with the signal's reason when the client aborts.
    */
   acquire(options: AcquireOptions): Promise<void>;
+  /**
+   * Starts a request at once, synchronously, when nothing makes it wait (pacing off, no upstream
+   * pause); `false` means "call `acquire`". The forwarding fast path: no promise, no queue entry.
+   */
+  tryAcquireNow(): boolean;
   /** An upstream `Retry-After`: no request starts before `until` (clock ms), capped by the pacer. */
   pauseUntil(until: number): void;
   /** Requests currently waiting (for `ready` or for a slot). */
