@@ -143,12 +143,12 @@ function printTryLines(p: ProxyProcess, api: Upstream): void {
   say(`  curl -s ${p.adminUrl}/metrics | grep m2m_proxy`);
   say();
   say(
-    `  ${dim(`# a burst of 40 through the proxy: paced to 6/s, every one answered 200 (takes ~7 s)`)}`,
+    `  ${dim(`# a burst of 80 through the proxy: paced to 6/s and the window, every one answered 200 (~15 s)`)}`,
   );
-  say(`  ${burst(p.url, 40)}`);
+  say(`  ${burst(p.url, 80)}`);
   say();
   say(
-    `  ${dim(`# a burst of 80 straight to the API: 401 (no token) until the WAF blocks the address with 403`)}`,
+    `  ${dim(`# the same burst straight to the API: 401 (no token) until the WAF blocks the address with 403`)}`,
   );
   say(`  ${burst(api.url, 80)}`);
   say(

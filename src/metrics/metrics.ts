@@ -16,6 +16,19 @@ export class Metrics {
   readonly queueLength: Gauge;
   readonly queueWait: Histogram;
 
+  /** Counter children per status code: label lookups hash their values on every call otherwise. */
+  readonly #responses = new Map<number, { inc(): void }>();
+
+  /** Counts one upstream response by status (`m2m_proxy_upstream_responses_total{code}`). */
+  upstreamResponse(status: number): void {
+    let child = this.#responses.get(status);
+    if (!child) {
+      child = this.upstreamResponses.labels(String(status));
+      this.#responses.set(status, child);
+    }
+    child.inc();
+  }
+
   /** Remaining starts in the current sliding window (`window.max` minus starts in the last `window.length`). */
   readonly windowRemaining: Gauge;
 

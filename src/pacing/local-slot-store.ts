@@ -49,6 +49,8 @@ export class LocalSlotStore implements SlotStore {
   /** GCRA tolerance: how far ahead of `tat` a start may be, `(burst − 1) × intervalMs`. */
   private readonly toleranceMs: number;
   private tat = Number.NEGATIVE_INFINITY;
+  /** `tat` before the latest start, so `started` can recompute it from the real start time. */
+  private tatBefore = Number.NEGATIVE_INFINITY;
   private readonly windowMs: number;
   private readonly windowMax: number;
   /** The last `windowMax` reserved starts, oldest at `ringHead` once full; absent = no window. */
@@ -108,6 +110,18 @@ export class LocalSlotStore implements SlotStore {
     return this.ring ? this.windowRemainingAt(at - this.origin) : undefined;
   }
 
+  /** See `SlotStore.started`: moves the latest recorded start to when it really happened. */
+  started(lateMs: number): void {
+    if (!(lateMs > 0) || this.lastStart === Number.NEGATIVE_INFINITY) return;
+    const actual = this.lastStart + lateMs;
+    if (this.intervalMs > 0) this.tat = Math.max(this.tatBefore, actual) + this.intervalMs;
+    if (this.ring) {
+      const last = (this.ringHead + this.windowMax - 1) % this.windowMax;
+      this.ring[last] = actual;
+    }
+    this.lastStart = actual;
+  }
+
   /** Nothing to release: no timers, no connections. */
   close(): Promise<void> {
     return Promise.resolve();
@@ -125,6 +139,7 @@ export class LocalSlotStore implements SlotStore {
   }
 
   private record(start: number): void {
+    this.tatBefore = this.tat;
     if (this.intervalMs > 0) this.tat = Math.max(this.tat, start) + this.intervalMs;
     if (this.ring) {
       this.ring[this.ringHead] = start;

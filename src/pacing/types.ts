@@ -25,6 +25,11 @@ export interface Pacer {
    * deadline passes first, or with the signal's reason when the client aborts.
    */
   acquire(options: AcquireOptions): Promise<void>;
+  /**
+   * Starts a request at once, synchronously, when nothing makes it wait (pacing off, no upstream
+   * pause); `false` means "call `acquire`". The forwarding fast path: no promise, no queue entry.
+   */
+  tryAcquireNow(): boolean;
   /** An upstream `Retry-After`: no request starts before `until` (clock ms), capped by the pacer. */
   pauseUntil(until: number): void;
   /** Requests currently waiting (for `ready` or for a slot). */
@@ -60,6 +65,22 @@ export interface SlotStore {
    * nothing and says when a start would be allowed.
    */
   reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation>;
+  /**
+   * Optional: starts still allowed in the sliding window as of now (reserved future starts count
+   * as used); `undefined` when there is no window. Only a store that can answer synchronously,
+   * without I/O, implements it: the pacer then reads it at every metrics scrape, so
+   * `m2m_proxy_window_remaining` rises again as starts leave the window even when no request
+   * comes. A store without it (Redis) leaves the gauge at the value of its last reservation.
+   */
+  windowRemaining?(): number | undefined;
+  /**
+   * Optional: the request holding the latest reservation started `lateMs` after its reserved
+   * time (an event-loop stall, a timer firing late). A store in this process moves the recorded
+   * start to the real one, so the slots after it shift too and the limits hold for the starts
+   * the upstream actually sees, not only for the schedule. (Redis keeps the schedule: a late
+   * start there is the safe side of the fleet's budget only up to the lateness.)
+   */
+  started?(lateMs: number): void;
   /** Releases connections and timers. */
   close(): Promise<void>;
 }

@@ -4,6 +4,7 @@ import { Writable } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import type { Config } from '../config/config.js';
 import { ProxyError } from '../errors.js';
+import type { Cancellation } from './cancellation.js';
 import { clientResponseHeaders } from './headers.js';
 
 /** How one attempt towards the upstream ended. */
@@ -24,9 +25,15 @@ export interface Outgoing {
   headers: Record<string, string | string[]>;
   /** `null`: no body; a Buffer: a small body kept for a replay; the request itself: streamed. */
   body: Buffer | IncomingMessage | null;
-  /** When set, a response with this status is discarded instead of delivered. */
-  discardStatus?: number;
+  /**
+   * Asked when the upstream answers 401: true discards the response so the request can be
+   * replayed with a renewed token. Absent for bodies that cannot be replayed.
+   */
+  replayOn401?: () => boolean;
 }
+
+/** The cancellation reason of an upstream that took longer than `upstream.timeout`. */
+const TIMED_OUT = Symbol('upstream timeout');
 
 /** Discards a response body we are about to retry; undici needs somewhere to write it. */
 const discard = () =>
@@ -61,18 +68,10 @@ export class Forwarder {
   /**
    * Sends one attempt and delivers the response to `res`. Rejects with `upstream_timeout` when no
    * complete response arrives within `upstream.timeout`, `upstream_unreachable` for connection,
-   * TLS and DNS failures, or the client's abort reason when `signal` fires.
+   * TLS and DNS failures, or the cancellation's reason when the client went away.
    */
-  async send(out: Outgoing, res: ServerResponse, signal: AbortSignal): Promise<Attempt> {
-    const controller = new AbortController();
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      controller.abort(new ProxyError('upstream_timeout'));
-    }, this.#timeout);
-    const onClientGone = () => controller.abort(signal.reason);
-    signal.addEventListener('abort', onClientGone, { once: true });
-
+  async send(out: Outgoing, res: ServerResponse, cancel: Cancellation): Promise<Attempt> {
+    const timer = setTimeout(() => cancel.cancel(TIMED_OUT), this.#timeout);
     const sentAt = performance.now();
     let attempt: Attempt | undefined;
     try {
@@ -82,10 +81,10 @@ export class Forwarder {
           path: out.path,
           headers: out.headers,
           body: out.body,
-          signal: controller.signal,
+          signal: cancel,
         },
         ({ statusCode, headers }) => {
-          const delivered = statusCode !== out.discardStatus;
+          const delivered = !(statusCode === 401 && out.replayOn401?.());
           attempt = {
             status: statusCode,
             headers,
@@ -98,13 +97,12 @@ export class Forwarder {
         },
       );
     } catch (err) {
-      if (signal.aborted) throw signal.reason;
-      if (timedOut) throw new ProxyError('upstream_timeout');
+      if (cancel.reason === TIMED_OUT) throw new ProxyError('upstream_timeout');
+      if (cancel.cancelled) throw cancel.reason;
       if (attempt) throw err; // the response had begun: nothing to replace it with
       throw new ProxyError('upstream_unreachable', undefined, { cause: err });
     } finally {
       clearTimeout(timer);
-      signal.removeEventListener('abort', onClientGone);
     }
     return attempt as Attempt;
   }

@@ -7,6 +7,7 @@ import type { Logger } from '../log/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
+import { Cancellation } from './cancellation.js';
 import type { Forwarder, Outgoing } from './forward.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { pathPrefix, upstreamPath } from './target.js';
@@ -102,45 +103,58 @@ export class ProxyHandler {
   }
 
   async #forward(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
-    const { config, clock, metrics } = this.deps;
-    const gone = new AbortController();
+    const { config, clock, tokens } = this.deps;
+    const cancel = new Cancellation();
     const onClose = () => {
-      if (!res.writableFinished) gone.abort(new ClientGone());
+      if (!res.writableFinished) cancel.cancel(new ClientGone());
     };
     res.once('close', onClose);
     const receivedAt = clock.now();
     try {
       const body = await this.#body(req);
+      // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
+      let token =
+        this.#startNow() ?? (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel));
       const replayable = body === null || Buffer.isBuffer(body);
       const outgoing: Outgoing = {
         method: req.method ?? 'GET',
         path,
         headers: {},
         body,
-        ...(replayable ? { discardStatus: 401 } : {}),
+        ...(replayable ? { replayOn401: () => tokens.shouldRenewAfterRejection(token) } : {}),
       };
-      let token = await this.#slot(clock.now() + config.rateLimit.queue.timeout, gone.signal);
-      metrics.queueWait.observe((clock.now() - receivedAt) / 1000);
-      let attempt = await this.#attempt(req, res, outgoing, token, gone.signal);
+      let attempt = await this.#attempt(req, res, outgoing, token, cancel);
       if (!attempt.delivered) {
         // 401 on a replayable request: renew once (shared by every request that saw it), then
         // replay once through the pacer: retries count against the budget too.
-        await this.deps.tokens.renewAfterRejection(token);
-        token = await this.#slot(clock.now() + config.rateLimit.queue.timeout, gone.signal);
-        const { discardStatus: _, ...final } = outgoing;
-        attempt = await this.#attempt(req, res, final, token, gone.signal);
+        await tokens.renewAfterRejection(token);
+        token =
+          this.#startNow() ??
+          (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel));
+        const { replayOn401: _, ...final } = outgoing;
+        attempt = await this.#attempt(req, res, final, token, cancel);
       }
     } catch (err) {
-      this.#fail(req, res, gone.signal.aborted ? gone.signal.reason : err);
+      this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
     } finally {
       res.off('close', onClose);
     }
   }
 
+  /** The fast path: a token is held and the pacer lets the request start without waiting. */
+  #startNow(): Secret | undefined {
+    const token = this.deps.tokens.current();
+    return token && this.deps.pacer.tryAcquireNow() ? token : undefined;
+  }
+
   /** Waits for a valid token and a pacing slot within one deadline; returns the token to use. */
-  async #slot(deadline: number, signal: AbortSignal): Promise<Secret> {
+  async #slot(deadline: number, cancel: Cancellation): Promise<Secret> {
     const { pacer, tokens } = this.deps;
-    await pacer.acquire({ deadline, signal, ready: (d, s) => tokens.waitForToken(d, s) });
+    await pacer.acquire({
+      deadline,
+      signal: cancel.signal,
+      ready: (d, s) => tokens.waitForToken(d, s),
+    });
     const token = tokens.current();
     if (!token) throw new ProxyError('token_unavailable');
     return token;
@@ -151,12 +165,12 @@ export class ProxyHandler {
     res: ServerResponse,
     outgoing: Outgoing,
     token: Secret,
-    signal: AbortSignal,
+    cancel: Cancellation,
   ): Promise<{ delivered: boolean }> {
     const { metrics, clock, pacer, config } = this.deps;
     outgoing.headers = upstreamRequestHeaders(req.headers, token.reveal());
-    const attempt = await this.deps.forwarder.send(outgoing, res, signal);
-    metrics.upstreamResponses.inc({ code: String(attempt.status) });
+    const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+    metrics.upstreamResponse(attempt.status);
     metrics.upstreamDuration.observe(attempt.headersAfter);
     if (attempt.status === 429 || attempt.status === 503) {
       const wait = retryAfterMs(attempt.headers['retry-after'], clock.now());
@@ -182,9 +196,17 @@ export class ProxyHandler {
     const declared = Number(length);
     if (length === undefined || !(declared <= REPLAY_LIMIT_BYTES)) return req;
     if (declared === 0) return null;
-    const chunks: Buffer[] = [];
-    for await (const chunk of req) chunks.push(chunk as Buffer);
-    return Buffer.concat(chunks);
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (chunk: Buffer) => chunks.push(chunk));
+      req.once('end', () =>
+        resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)),
+      );
+      req.once('error', reject);
+      req.once('close', () => {
+        if (!req.complete) reject(new ClientGone());
+      });
+    });
   }
 
   #fail(req: IncomingMessage, res: ServerResponse, err: unknown): void {

@@ -51,6 +51,9 @@ export class TokenManager {
   #timer: Timer | undefined;
   #expiryTimer: Timer | undefined;
   #failures = 0;
+  /** Consecutive renewals caused by upstream 401s, and when the last one started. */
+  #rejections = 0;
+  #lastRejectionAt = 0;
   #stopped = false;
   readonly #waiters = new Set<Waiter>();
   readonly #random: () => number;
@@ -108,15 +111,32 @@ export class TokenManager {
   }
 
   /**
+   * Whether a 401 the upstream gave to `rejected` is worth a renewal and a replay. Yes when a
+   * newer token exists or a renewal is in flight. When `rejected` is still the current token,
+   * renewals caused by 401s back off like failed renewals (`retry.min`, doubling up to
+   * `retry.max`, reset by the next scheduled renewal): an API that keeps answering 401 to fresh
+   * tokens (a wrong audience or scope) must not turn into one token request per API request.
+   */
+  shouldRenewAfterRejection(rejected: Secret): boolean {
+    if (this.#renewal || this.#held?.token !== rejected) return true;
+    if (this.#rejections === 0) return true;
+    const { min, max } = this.deps.config.retry;
+    const wait = Math.min(max, min * 2 ** Math.min(this.#rejections - 1, 30));
+    return this.deps.clock.now() - this.#lastRejectionAt >= wait;
+  }
+
+  /**
    * The upstream answered 401 to `rejected`. Renews once however many requests saw that 401:
    * only the first caller whose token is still the current one starts a renewal; the others join
    * it, and callers after it find a newer token and return at once.
    */
   async renewAfterRejection(rejected: Secret): Promise<void> {
     if (this.#renewal) return this.#renewal;
-    if (this.#held?.token !== rejected) return;
-    this.deps.logger.info({ event: 'token_rejected_by_upstream' });
-    return this.renew();
+    if (this.#held?.token !== rejected || !this.shouldRenewAfterRejection(rejected)) return;
+    this.#rejections += 1;
+    this.#lastRejectionAt = this.deps.clock.now();
+    this.deps.logger.info({ event: 'token_rejected_by_upstream', consecutive: this.#rejections });
+    return this.renew(true);
   }
 
   /** The credentials changed: renew at once with the new ones. */
@@ -127,9 +147,13 @@ export class TokenManager {
     else void this.renew();
   }
 
-  /** Starts a renewal unless one is in flight; resolves when it ends (it never rejects). */
-  renew(): Promise<void> {
+  /**
+   * Starts a renewal unless one is in flight; resolves when it ends (it never rejects).
+   * `afterRejection` marks renewals caused by a 401, which do not reset the 401 backoff.
+   */
+  renew(afterRejection = false): Promise<void> {
     if (this.#stopped) return Promise.resolve();
+    if (!afterRejection) this.#rejections = 0;
     this.#renewal ??= this.#fetch().finally(() => {
       this.#renewal = undefined;
     });

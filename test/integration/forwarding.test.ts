@@ -151,6 +151,20 @@ describe('forwarding', () => {
     expect(big.status).toBe(401);
   });
 
+  it('does not turn a persistent 401 into a token request per request', async () => {
+    const fresh = await startWorld();
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 8; i++)
+        statuses.push((await fetch(`${fresh.proxy.url}/status/401`)).status);
+      expect(statuses).toEqual(Array(8).fill(401));
+      // The first 401 renews at once; a fresh token rejected again backs off from retry.min (1 s).
+      expect(fresh.idp.tokenRequests).toBe(2);
+    } finally {
+      await fresh.close();
+    }
+  });
+
   it('answers 502 upstream_unreachable when the upstream is down', async () => {
     const down = await startWorld({
       proxy: { upstream: { url: `http://127.0.0.1:${await freePort()}/api` } },

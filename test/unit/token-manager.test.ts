@@ -191,6 +191,34 @@ describe('TokenManager', () => {
     expect(manager.current()?.reveal()).toBe('token-2');
   });
 
+  it('backs off renewals caused by 401s when fresh tokens keep being rejected', async () => {
+    const { source, manager } = setup({ retry: { min: 1000, max: 4000 } });
+    manager.start();
+    await vi.advanceTimersByTimeAsync(0);
+    const rejectCurrent = async () => {
+      const token = manager.current();
+      if (!token) throw new Error('no token');
+      const worth = manager.shouldRenewAfterRejection(token);
+      await manager.renewAfterRejection(token);
+      return worth;
+    };
+    expect(await rejectCurrent()).toBe(true); // first 401: renew at once
+    expect(source.calls).toHaveLength(2);
+    expect(await rejectCurrent()).toBe(false); // the new token too: wait retry.min
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(await rejectCurrent()).toBe(true);
+    expect(source.calls).toHaveLength(3);
+    await vi.advanceTimersByTimeAsync(1999);
+    expect(await rejectCurrent()).toBe(false); // then 2 s
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await rejectCurrent()).toBe(true);
+    expect(source.calls).toHaveLength(4);
+    // A scheduled renewal resets the backoff.
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(source.calls).toHaveLength(5);
+    expect(await rejectCurrent()).toBe(true);
+  });
+
   it('renews at once with new credentials when they change', async () => {
     const { source, manager, setCredentials } = setup();
     manager.start();

@@ -22,6 +22,12 @@ export class RecordingStore implements SlotStore {
     return answer;
   }
 
+  started(lateMs: number): void {
+    const last = this.granted.length - 1;
+    if (last >= 0) this.granted[last] = (this.granted[last] as number) + lateMs;
+    this.inner.started?.(lateMs);
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }

@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
 import { ProxyError } from '../../../src/errors.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
+import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import { createPacer, PassThroughPacer, QueuePacer } from '../../../src/pacing/pacer.js';
 import { flush, metricValue, setup, track } from './helpers.js';
 
@@ -279,6 +280,52 @@ describe('QueuePacer: metrics and shutdown', () => {
     expect(json).toMatch(/m2m_proxy_queue_wait_seconds_sum 0\.5\b/);
   });
 
+  it('m2m_proxy_window_remaining rises again as starts leave the window, with no request coming', async () => {
+    const metrics = new Metrics(new Registry(), { defaultMetrics: false });
+    const store = new LocalSlotStore({
+      perSecond: 10,
+      burst: 1,
+      windowMax: 3,
+      windowMs: 10_000,
+      clock: systemClock,
+    });
+    const pacer = new QueuePacer({
+      store,
+      clock: systemClock,
+      metrics,
+      queueMax: 10,
+      queueTimeoutMs: 30_000,
+    });
+    const gauge = () => metricValue(metrics, 'm2m_proxy_window_remaining');
+    const starts = Array.from({ length: 3 }, () => track(pacer.acquire({ deadline: FOREVER })));
+    await vi.advanceTimersByTimeAsync(200);
+    expect(starts.map((t) => (t.at as number) - T0)).toEqual([0, 100, 200]);
+    expect(await gauge()).toBe(0);
+    // Idle: nothing reserves, yet each start leaves the window exactly 10 s after it happened.
+    await vi.advanceTimersByTimeAsync(10_000 - 200 - 1);
+    expect(await gauge()).toBe(0);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await gauge()).toBe(1);
+    await vi.advanceTimersByTimeAsync(200);
+    expect(await gauge()).toBe(3);
+    // A reserved start in the future counts as used at once.
+    await pacer.acquire({ deadline: FOREVER });
+    expect(await gauge()).toBe(2);
+    // After close the hook is gone: the gauge keeps its last value, the store is not read.
+    await pacer.close();
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(await gauge()).toBe(2);
+  });
+
+  it('with a store that cannot tell the window synchronously (Redis), the gauge keeps the last reservation', async () => {
+    // `setup`'s RecordingStore implements only `reserve`, like the Redis store.
+    const { pacer, metrics } = setup({ perSecond: 10, windowMax: 3, windowMs: 10_000 });
+    await pacer.acquire({ deadline: FOREVER });
+    expect(await metricValue(metrics, 'm2m_proxy_window_remaining')).toBe(2);
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(await metricValue(metrics, 'm2m_proxy_window_remaining')).toBe(2);
+  });
+
   it('does not count rejections itself (the proxy handler does)', async () => {
     const { pacer, metrics } = setup({ perSecond: 1, queueMax: 1 });
     await pacer.acquire({ deadline: FOREVER });
@@ -368,5 +415,35 @@ describe('PassThroughPacer and createPacer', () => {
       pacer.acquire({ deadline: FOREVER, ready: () => Promise.reject(failure) }),
     ).rejects.toBe(failure);
     expect(pacer.waiting).toBe(0);
+  });
+
+  it('keeps the limits on real start times when a start is late (a stalled event loop)', async () => {
+    // One timer fires 150 ms late, as after a GC pause or a blocked event loop. Without moving the
+    // recorded start, the next slot (already due) would follow the late start at once.
+    let stalls = 1;
+    const stallingClock = {
+      ...systemClock,
+      setTimeout: (fn: () => void, ms: number) =>
+        systemClock.setTimeout(fn, ms > 0 && stalls-- > 0 ? ms + 150 : ms),
+    };
+    const metrics = new Metrics(new Registry(), { defaultMetrics: false });
+    const store = new LocalSlotStore({
+      perSecond: 10,
+      burst: 1,
+      windowMax: 0,
+      windowMs: 1,
+      clock: stallingClock,
+    });
+    const pacer = new QueuePacer({
+      store,
+      clock: stallingClock,
+      metrics,
+      queueMax: 100,
+      queueTimeoutMs: 30_000,
+    });
+    const starts = Array.from({ length: 4 }, () => track(pacer.acquire({ deadline: FOREVER })));
+    await vi.advanceTimersByTimeAsync(2000);
+    const at = starts.map((s) => (s.at as number) - T0);
+    expect(at).toEqual([0, 250, 350, 450]);
   });
 });

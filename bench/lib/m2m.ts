@@ -1,0 +1,127 @@
+/**
+ * m2m-proxy as the bench runs it: the built CLI (`node dist/main.js --config FILE`) in a child
+ * process, with a configuration written to a temporary directory together with the credential
+ * files, exactly as an operator would deploy it.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, stopProcess, waitForHttp } from './processes.js';
+
+export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+/** The proxy's entry point; `BENCH_M2M` benchmarks another build (e.g. a release's). */
+export const mainJs = process.env.BENCH_M2M ?? join(repoRoot, 'dist', 'main.js');
+export const profDir = join(repoRoot, 'bench', 'results', 'prof');
+
+/** The parts of the configuration a run varies; everything else is fixed below. */
+export interface M2mOptions {
+  upstreamUrl: string;
+  tokenUrl: string;
+  /** `rateLimit` section; pacing is off unless a run turns it on. */
+  rateLimit?: Record<string, unknown>;
+  /** Extra keys for the `token` section (refreshAt, minRemaining...). */
+  token?: Record<string, unknown>;
+  /** Start node with `--cpu-prof` (profile written on exit into bench/results/prof). */
+  cpuProf?: boolean;
+}
+
+export class M2mProxy {
+  private output: string[] = [];
+
+  private constructor(
+    readonly process: ChildProcess,
+    readonly port: number,
+    readonly adminPort: number,
+    private readonly dir: string,
+  ) {
+    const keep = (d: Buffer) => {
+      this.output.push(...d.toString().split('\n').filter(Boolean));
+      if (this.output.length > 50) this.output = this.output.slice(-50);
+    };
+    process.stdout?.on('data', keep);
+    process.stderr?.on('data', keep);
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+  get adminUrl(): string {
+    return `http://127.0.0.1:${this.adminPort}`;
+  }
+  get pid(): number {
+    return this.process.pid ?? -1;
+  }
+  /** The last lines the proxy wrote (warn level and above), for error messages. */
+  get recentOutput(): string {
+    return this.output.join('\n');
+  }
+
+  /**
+   * Starts the proxy. With `waitFor: 'ready'` it returns once `/readyz` is 200 (a token is held);
+   * with `'listening'` as soon as `/healthz` answers, before any token (the cold-start run).
+   */
+  static async start(
+    opts: M2mOptions,
+    waitFor: 'ready' | 'listening' = 'ready',
+  ): Promise<M2mProxy> {
+    const dir = mkdtempSync(join(tmpdir(), 'm2m-bench-'));
+    const clientIdFile = join(dir, 'client-id');
+    const clientSecretFile = join(dir, 'client-secret');
+    writeFileSync(clientIdFile, 'bench-client\n', { mode: 0o600 });
+    writeFileSync(clientSecretFile, 'bench-secret\n', { mode: 0o600 });
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const config = {
+      listen: { host: '127.0.0.1', port },
+      admin: { host: '127.0.0.1', port: adminPort },
+      upstream: { url: opts.upstreamUrl, timeout: '300s' },
+      token: {
+        url: opts.tokenUrl,
+        authMethod: 'client_secret_basic',
+        credentials: { clientIdFile, clientSecretFile },
+        ...opts.token,
+      },
+      rateLimit: opts.rateLimit ?? { perSecond: 0, window: { max: 0 } },
+      log: { level: 'warn' },
+      shutdown: { timeout: '5s' },
+    };
+    const configFile = join(dir, 'm2m-proxy.yaml');
+    // JSON is YAML: no serializer needed, and the file stays readable when a run fails.
+    writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
+
+    const nodeArgs: string[] = [];
+    if (opts.cpuProf) {
+      mkdirSync(profDir, { recursive: true });
+      nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
+    }
+    const child = spawn(process.execPath, [...nodeArgs, mainJs, '--config', configFile], {
+      cwd: repoRoot,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, NODE_ENV: 'production' },
+    });
+    const proxy = new M2mProxy(child, port, adminPort, dir);
+    try {
+      await waitForHttp(`${proxy.adminUrl}/${waitFor === 'ready' ? 'readyz' : 'healthz'}`, {
+        child,
+        timeoutMs: 20_000,
+      });
+    } catch (err) {
+      await proxy.stop();
+      throw new Error(`m2m-proxy did not start: ${String(err)}\n${proxy.recentOutput}`);
+    }
+    return proxy;
+  }
+
+  /** The Prometheus text from the admin port. */
+  async metrics(): Promise<string> {
+    const res = await fetch(`${this.adminUrl}/metrics`);
+    return res.text();
+  }
+
+  /** SIGTERM (a clean exit, so that `--cpu-prof` writes its profile), then clean up. */
+  async stop(): Promise<void> {
+    await stopProcess(this.process, 10_000);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
