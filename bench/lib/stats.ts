@@ -57,12 +57,20 @@ export function achievedRate(sortedTimes: readonly number[]): number {
  * A quantile of a Prometheus histogram in exposition text, interpolated within the bucket as
  * PromQL's `histogram_quantile` does. Returns undefined when the histogram is absent or empty.
  */
-export function histogramQuantile(text: string, name: string, q: number): number | undefined {
+export function histogramQuantile(
+  text: string,
+  name: string,
+  q: number,
+  /** An earlier scrape: only the observations made since then count. */
+  since?: string,
+): number | undefined {
   const buckets: { le: number; count: number }[] = [];
   const re = new RegExp(`^${name}_bucket\\{[^}]*le="([^"]+)"[^}]*\\}\\s+(\\S+)`, 'gm');
+  const before = new Map<string, number>();
+  for (const m of since?.matchAll(re) ?? []) before.set(m[1] ?? '', Number(m[2]));
   for (const m of text.matchAll(re)) {
     const le = m[1] === '+Inf' ? Number.POSITIVE_INFINITY : Number(m[1]);
-    buckets.push({ le, count: Number(m[2]) });
+    buckets.push({ le, count: Number(m[2]) - (before.get(m[1] ?? '') ?? 0) });
   }
   buckets.sort((a, b) => a.le - b.le);
   const total = buckets.at(-1)?.count ?? 0;
