@@ -105,21 +105,21 @@ describe('slotLimits', () => {
     queue: { max: 1000, timeout: 30_000 },
   };
 
-  it('maps the configuration one to one', () => {
+  it('maps the configuration, keeping the 1 % wire margin in hand', () => {
     expect(slotLimits(rateLimit)).toEqual({
-      perSecond: 6,
+      perSecond: 6 * 0.99,
       burst: 2,
       windowMax: 3,
-      windowMs: 300_000,
+      windowMs: 303_000,
     });
   });
 
   it('scales for the fallback share without rounding a limit away', () => {
     expect(slotLimits(rateLimit, 0.25)).toEqual({
-      perSecond: 1.5,
+      perSecond: 1.5 * 0.99,
       burst: 1,
       windowMax: 1, // floor(0.75) would be 0 = "no window"
-      windowMs: 300_000,
+      windowMs: 303_000,
     });
     expect(slotLimits({ ...rateLimit, window: { max: 0, length: 1 } }, 0.25).windowMax).toBe(0);
   });
