@@ -10,9 +10,9 @@ import {
   CredentialError,
   describeCredentials,
   readCredentials,
+  readRedisPassword,
 } from './credentials/credentials.js';
 import { createLogger } from './log/logger.js';
-import { readRedisPassword } from './pacing/shared-store.js';
 
 /** Exit statuses of CONTRACT.md, "Command line". */
 const EXIT = { ok: 0, unexpected: 1, config: 2 } as const;

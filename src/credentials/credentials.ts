@@ -1,4 +1,5 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Config } from '../config/config.js';
 import { Secret } from './secret.js';
@@ -209,4 +210,22 @@ function parsePrivateKey(pem: string, file: string): { key: KeyObject; alg: stri
     );
   }
   return { key, alg };
+}
+
+/**
+ * Reads a Redis password file (as Kubernetes mounts a secret). Unlike the client
+ * credentials only one trailing newline is dropped: a Redis password may end in a space.
+ * The error names the file, never its contents.
+ */
+export function readRedisPassword(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
+    throw new CredentialError(`rateLimit.shared.passwordFile: cannot read ${file} (${code})`);
+  }
+  const password = text.replace(/\r?\n$/, '');
+  if (password === '') throw new CredentialError(`rateLimit.shared.passwordFile: ${file} is empty`);
+  return password;
 }

@@ -1,8 +1,7 @@
-import { readFileSync } from 'node:fs';
 import type { Registry } from 'prom-client';
 import type { Clock } from '../clock.js';
 import type { Config } from '../config/config.js';
-import { CredentialError } from '../credentials/credentials.js';
+import { readRedisPassword } from '../credentials/credentials.js';
 import type { Logger } from '../log/logger.js';
 import { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { FallbackSlotStore } from './fallback-slot-store.js';
@@ -31,23 +30,6 @@ export interface SharedStoreDeps {
   commandTimeoutMs?: number | undefined;
   connectTimeoutMs?: number | undefined;
   probeIntervalMs?: number | undefined;
-}
-
-/**
- * Reads a Redis password file (as Kubernetes mounts a secret); one trailing newline is dropped.
- * The error names the file, never its contents.
- */
-export function readRedisPassword(file: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw new CredentialError(`rateLimit.shared.passwordFile: cannot read ${file} (${code})`);
-  }
-  const password = text.replace(/\r?\n$/, '');
-  if (password === '') throw new CredentialError(`rateLimit.shared.passwordFile: ${file} is empty`);
-  return password;
 }
 
 /**

@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { readRedisPassword } from '../../../src/pacing/shared-store.js';
+import { readRedisPassword } from '../../../src/credentials/credentials.js';
 
 describe('Redis password file', () => {
   const dir = mkdtempSync(join(tmpdir(), 'm2m-pw-'));
