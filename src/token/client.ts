@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { decodeJwt, SignJWT } from 'jose';
 import { type Dispatcher, request } from 'undici';
 import type { Config } from '../config/config.js';
 import { type ClientCredentials, splitBasic } from '../credentials/credentials.js';
@@ -47,6 +46,12 @@ export class TokenRequestError extends Error {
     this.oauthErrorDescription = details.description;
   }
 }
+
+/**
+ * jose is loaded on first use: only `private_key_jwt` and tokens without `expires_in` need it,
+ * and the sidecar's resident memory is part of what it costs its pod (about 3.4 MB).
+ */
+const loadJose = () => import('jose');
 
 /** The assertion of RFC 7523 §3 lives this long: enough for clock skew, too short to replay. */
 const ASSERTION_LIFETIME_S = 60;
@@ -106,7 +111,9 @@ export class TokenClient implements TokenSource {
         `token endpoint unreachable: ${(err as NodeJS.ErrnoException).code ?? name}`,
       );
     }
-    return parseTokenResponse(status, text);
+    const issued = parseTokenResponse(status, text);
+    if (issued.lifetimeMs !== undefined) return issued;
+    return { ...issued, lifetimeMs: await jwtLifetime(issued.accessToken.reveal()) };
   }
 
   async #authenticate(
@@ -137,7 +144,8 @@ export class TokenClient implements TokenSource {
     form.set('client_secret', clientSecret.reveal());
   }
 
-  #assertion(c: Extract<ClientCredentials, { kind: 'private_key' }>): Promise<string> {
+  async #assertion(c: Extract<ClientCredentials, { kind: 'private_key' }>): Promise<string> {
+    const { SignJWT } = await loadJose();
     const now = Math.floor(Date.now() / 1000);
     return new SignJWT({})
       .setProtectedHeader({ alg: c.alg, typ: 'JWT', ...(c.keyId ? { kid: c.keyId } : {}) })
@@ -195,20 +203,19 @@ export function parseTokenResponse(status: number, text: string): IssuedToken {
       `has token_type ${JSON.stringify(String(json.token_type).slice(0, 20))}, not Bearer`,
     );
   }
-  let lifetimeMs: number | undefined;
-  if (json.expires_in !== undefined) {
-    const seconds = Number(json.expires_in);
-    if (!Number.isFinite(seconds) || seconds <= 0)
-      throw invalid('has an expires_in that is not a positive number');
-    lifetimeMs = seconds * 1000;
-  } else {
-    lifetimeMs = jwtLifetime(accessToken);
+  // Without expires_in the lifetime stays unknown here; `requestToken` then reads a JWT's `exp`.
+  if (json.expires_in === undefined)
+    return { accessToken: new Secret(accessToken), lifetimeMs: undefined };
+  const seconds = Number(json.expires_in);
+  if (!Number.isFinite(seconds) || seconds <= 0) {
+    throw invalid('has an expires_in that is not a positive number');
   }
-  return { accessToken: new Secret(accessToken), lifetimeMs };
+  return { accessToken: new Secret(accessToken), lifetimeMs: seconds * 1000 };
 }
 
 /** Remaining lifetime from a JWT access token's `exp`, read without verification (it is not ours to verify). */
-function jwtLifetime(token: string): number | undefined {
+export async function jwtLifetime(token: string): Promise<number | undefined> {
+  const { decodeJwt } = await loadJose();
   try {
     const { exp } = decodeJwt(token);
     return typeof exp === 'number' ? exp * 1000 - Date.now() : undefined;

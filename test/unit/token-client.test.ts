@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Secret } from '../../src/credentials/secret.js';
 import {
   basicAuthorization,
+  jwtLifetime,
   parseTokenResponse,
   TokenRequestError,
 } from '../../src/token/client.js';
@@ -34,14 +35,17 @@ describe('token responses', () => {
     ).toBe(60_000);
   });
 
-  it("falls back to a JWT's exp when expires_in is absent", () => {
+  it("falls back to a JWT's exp when expires_in is absent", async () => {
     const exp = Math.floor(Date.now() / 1000) + 120;
     const t = parseTokenResponse(
       200,
       JSON.stringify({ access_token: jwt({ exp }), token_type: 'Bearer' }),
     );
-    expect(t.lifetimeMs).toBeGreaterThan(118_000);
-    expect(t.lifetimeMs).toBeLessThanOrEqual(120_000);
+    expect(t.lifetimeMs).toBeUndefined(); // requestToken then reads the JWT
+    const lifetime = await jwtLifetime(t.accessToken.reveal());
+    expect(lifetime).toBeGreaterThan(118_000);
+    expect(lifetime).toBeLessThanOrEqual(120_000);
+    expect(await jwtLifetime('opaque-token')).toBeUndefined();
   });
 
   it('leaves the lifetime unknown when neither is present', () => {
