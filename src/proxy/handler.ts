@@ -19,7 +19,7 @@ import { pathPrefix, upstreamPath } from './target.js';
  */
 export const REPLAY_LIMIT_BYTES = 64 * 1024;
 
-/** Reason given to `AbortController.abort` when the client goes away. */
+/** The cancellation reason when the client goes away (the request is then never sent, or aborted). */
 class ClientGone extends Error {
   constructor() {
     super('client disconnected');
