@@ -8,7 +8,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort, stopProcess, waitForHttp } from './processes.js';
+import { freePort } from '../../test/support/process.js';
+import { stopProcess, waitForHttp } from './processes.js';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 /** The proxy's entry point; `BENCH_M2M` benchmarks another build (e.g. a release's). */

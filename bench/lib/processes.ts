@@ -5,21 +5,8 @@
  */
 import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import type { IpcCall, IpcMessage } from './ipc.js';
-
-/** A free TCP port on loopback, found by binding port 0 (for programs that cannot report one). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no TCP address');
-  return address.port;
-}
 
 /** Sends SIGTERM, then SIGKILL after `graceMs`; resolves once the process has exited. */
 export async function stopProcess(child: ChildProcess, graceMs = 5000): Promise<void> {

@@ -18,6 +18,7 @@ import {
   CHART_DIR,
   createRenderer,
   type K8sObject,
+  mergeValues,
   parseManifests,
   planRenderer,
   type Renderer,
@@ -491,7 +492,7 @@ describe.skipIf(!plan.available)(title, () => {
       writeFileSync(chartYaml, stringify(meta));
       const values = parse(readFileSync(join(example, 'values.yaml'), 'utf8'));
       const defaults = parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8'));
-      values['m2m-proxy'] = merge(defaults, values['m2m-proxy']);
+      values['m2m-proxy'] = mergeValues(defaults, values['m2m-proxy']);
       writeFileSync(join(dir, 'my-app/values.yaml'), stringify(values));
       subchartValues = join(dir, 'm2m-proxy-values.yaml');
       writeFileSync(subchartValues, stringify(values['m2m-proxy']));
@@ -579,22 +580,3 @@ describe.skipIf(!plan.available)(title, () => {
     }
   });
 });
-
-/** Helm's coalescing of a dependency's defaults with the parent's values for it. */
-function merge(base: unknown, override: unknown): unknown {
-  if (override === null) return undefined;
-  if (isPlainObject(base) && isPlainObject(override)) {
-    const out: Record<string, unknown> = { ...base };
-    for (const [k, v] of Object.entries(override)) {
-      const m = merge(base[k], v);
-      if (m === undefined) delete out[k];
-      else out[k] = m;
-    }
-    return out;
-  }
-  return override === undefined ? base : override;
-}
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}

@@ -164,3 +164,23 @@ export function parseManifests(text: string): K8sObject[] {
   }
   return objects;
 }
+
+/** Helm's coalescing of values over defaults (`null` deletes a key; maps merge, the rest replaces). */
+export function mergeValues(base: unknown, override: unknown): unknown {
+  if (override === null) return undefined;
+  if (isPlainObject(base) && isPlainObject(override)) {
+    const out: Record<string, unknown> = { ...base };
+    for (const [k, v] of Object.entries(override)) {
+      const m = mergeValues(base[k], v);
+      if (m === undefined) delete out[k];
+      else out[k] = m;
+    }
+    return out;
+  }
+  return override === undefined ? base : override;
+}
+
+/** A YAML/JSON mapping (not an array, not null). */
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { CHART_DIR } from './renderer.js';
+import { CHART_DIR, isPlainObject, mergeValues } from './renderer.js';
 
 /**
  * values.schema.json is what makes `helm install` refuse bad values before anything is created.
@@ -15,25 +15,6 @@ const ajv = new Ajv({ allErrors: true, strict: true, strictTypes: false });
 const validate = ajv.compile(schema);
 const defaults = parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8'));
 const ciFiles = readdirSync(join(CHART_DIR, 'ci')).filter((f) => f.endsWith('-values.yaml'));
-
-/** Helm's merge of user values over the defaults (null deletes a key). */
-function merge(base: unknown, override: unknown): unknown {
-  if (override === null) return undefined;
-  if (isObject(base) && isObject(override)) {
-    const out: Record<string, unknown> = { ...base };
-    for (const [k, v] of Object.entries(override)) {
-      const m = merge(base[k], v);
-      if (m === undefined) delete out[k];
-      else out[k] = m;
-    }
-    return out;
-  }
-  return override === undefined ? base : override;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 /** Builds `{a: {b: value}}` from a dotted path. */
 function at(path: string, value: unknown): Record<string, unknown> {
@@ -53,14 +34,14 @@ describe('values.schema.json', () => {
   });
 
   it.each(ciFiles)('accepts values.yaml with ci/%s', (file) => {
-    const values = merge(defaults, parse(readFileSync(join(CHART_DIR, 'ci', file), 'utf8')));
+    const values = mergeValues(defaults, parse(readFileSync(join(CHART_DIR, 'ci', file), 'utf8')));
     expect(errorsFor(values)).toBe('');
   });
 
   it('describes every value of values.yaml (no value outside the schema)', () => {
     // additionalProperties: false everywhere values.yaml has fixed keys, so each leaf must be known.
     const walk = (value: unknown, node: Record<string, unknown>, path: string) => {
-      if (!isObject(value) || !node.properties) return;
+      if (!isPlainObject(value) || !node.properties) return;
       const props = node.properties as Record<string, Record<string, unknown>>;
       for (const [k, v] of Object.entries(value)) {
         expect(props[k], `${path}${k} is in the schema`).toBeDefined();
@@ -101,17 +82,17 @@ describe('values.schema.json', () => {
     ['an auth-error ratio above 1', at('monitoring.prometheusRule.authErrors.ratio', 5)],
     [
       'an existing Secret together with inline credentials',
-      merge(at('credentials.existingSecret', 'mine'), at('credentials.inline.clientId', 'x')),
+      mergeValues(at('credentials.existingSecret', 'mine'), at('credentials.inline.clientId', 'x')),
     ],
     ['the shared budget without a Redis URL', at('rateLimit.shared.enabled', true)],
     [
       'a PodMonitor and a ServiceMonitor',
-      merge(
+      mergeValues(
         at('monitoring.podMonitor.enabled', true),
         at('monitoring.serviceMonitor.enabled', true),
       ),
     ],
   ])('refuses %s', (_what, bad) => {
-    expect(errorsFor(merge(defaults, bad))).not.toBe('');
+    expect(errorsFor(mergeValues(defaults, bad))).not.toBe('');
   });
 });

@@ -100,7 +100,7 @@ describe('shared budget falls back to local pacing while Redis is down', () => {
     const key = `fallback:${randomUUID()}`;
     const { store, registry, sink, locals } = build(redis.url, key, 10, 0.5);
     expect(locals).toHaveLength(1);
-    expect(locals[0]?.limits).toMatchObject({ perSecond: 5, burst: 1, windowMax: 500 });
+    expect(locals[0]?.limits).toMatchObject({ perSecond: 5 * 0.99, burst: 1, windowMax: 500 });
 
     // A replica with an always-full queue, started times in local ms.
     const starts: { at: number; shared: boolean }[] = [];
