@@ -8,6 +8,13 @@ import { pseudoRandomChunks, pseudoRandomSha256 } from '../support/upstream.js';
 import { startWorld, type World } from './world.js';
 
 const SIZE = 200 * 1024 * 1024;
+/**
+ * Buffering the body would add 200 MB. Streaming holds only socket and stream buffers, but the
+ * chunks that passed through are garbage until V8 collects them, and V8 starts a collection for
+ * external (Buffer) memory at 64 MB (its external allocation soft limit): on a loaded CI machine
+ * the peak reaches 50-odd MB (14 MB when idle). 64 MB keeps a wide margin to 200.
+ */
+const FLAT = 64 * 1024 * 1024;
 
 /** Resident set size of a process, from /proc (Linux), in bytes. */
 async function rss(pid: number): Promise<number> {
@@ -74,8 +81,7 @@ describe('streaming', () => {
     console.info(
       `200 MB upload: proxy RSS +${((peak - baseline) / 2 ** 20).toFixed(1)} MB over ${(baseline / 2 ** 20).toFixed(1)} MB`,
     );
-    // Buffering the body would add 200 MB; streaming adds socket buffers only.
-    expect(peak - baseline).toBeLessThan(40 * 1024 * 1024);
+    expect(peak - baseline).toBeLessThan(FLAT);
   });
 
   it('streams a 200 MB download through with the memory staying flat', async () => {
@@ -96,6 +102,6 @@ describe('streaming', () => {
     console.info(
       `200 MB download: proxy RSS +${((peak - baseline) / 2 ** 20).toFixed(1)} MB over ${(baseline / 2 ** 20).toFixed(1)} MB`,
     );
-    expect(peak - baseline).toBeLessThan(40 * 1024 * 1024);
+    expect(peak - baseline).toBeLessThan(FLAT);
   });
 });
