@@ -7,6 +7,13 @@ import { type ClientCredentials, sameCredentials } from './credentials.js';
 const SETTLE_MS = 200;
 
 /**
+ * Files are also re-read this often, whatever the events say: some volumes never notify (network
+ * filesystems, a watcher that failed). 60 s matches the kubelet's own sync period for Secret
+ * volumes, and reading two small files a minute costs nothing.
+ */
+export const POLL_MS = 60_000;
+
+/**
  * Watches the directories of the credential files. Kubernetes updates a secret volume by
  * writing a new timestamped directory and atomically renaming the `..data` symlink, so the file
  * paths never change but the directory sees events; watching the directory, not the file,
@@ -16,6 +23,7 @@ const SETTLE_MS = 200;
 export class CredentialWatcher {
   readonly #watchers: FSWatcher[] = [];
   #timer: NodeJS.Timeout | undefined;
+  readonly #poll: NodeJS.Timeout;
   #current: ClientCredentials;
   #closed = false;
 
@@ -25,8 +33,11 @@ export class CredentialWatcher {
     private readonly read: () => Promise<ClientCredentials>,
     private readonly onChange: (credentials: ClientCredentials) => void,
     private readonly logger: Logger,
+    pollMs = POLL_MS,
   ) {
     this.#current = initial;
+    this.#poll = setInterval(() => void this.#reload(), pollMs);
+    this.#poll.unref();
     for (const dir of new Set(files.map((f) => dirname(f)))) {
       try {
         const watcher = watch(dir, { persistent: false }, () => this.#schedule());
@@ -64,6 +75,7 @@ export class CredentialWatcher {
   close(): void {
     this.#closed = true;
     clearTimeout(this.#timer);
+    clearInterval(this.#poll);
     for (const w of this.#watchers) w.close();
   }
 }

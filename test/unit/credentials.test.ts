@@ -184,4 +184,32 @@ describe('credential rotation', () => {
       watcher.close();
     }
   });
+
+  it('re-reads the files periodically even when no file event arrives', async () => {
+    // No directory to watch: only the poll can see the change.
+    const initial: ClientCredentials = {
+      kind: 'secret',
+      clientId: 'c',
+      clientSecret: new Secret('one'),
+    };
+    let next = initial;
+    const changes: ClientCredentials[] = [];
+    const watcher = new CredentialWatcher(
+      [],
+      initial,
+      async () => next,
+      (c) => changes.push(c),
+      createLogger('silent'),
+      50,
+    );
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      expect(changes).toHaveLength(0); // the same credentials read again: no renewal
+      next = { kind: 'secret', clientId: 'c', clientSecret: new Secret('two') };
+      await expect.poll(() => changes.length, { timeout: 2000 }).toBe(1);
+      expect(changes[0]).toBe(next);
+    } finally {
+      watcher.close();
+    }
+  });
 });
