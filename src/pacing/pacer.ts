@@ -99,6 +99,51 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
 }
 
 /**
+ * What both pacers share: admission bounds, the waiting count behind `m2m_proxy_queue_length`,
+ * and the upstream pause.
+ */
+abstract class BasePacer {
+  protected readonly clock: Clock;
+  protected readonly metrics: Metrics;
+  /** The admission limit; `queue.max: 0` still lets one request wait for the token. */
+  protected readonly admitMax: number;
+  /** `queue.max: 0` = the slot must be free now. */
+  protected readonly noQueue: boolean;
+  protected readonly queueTimeoutMs: number;
+  protected pausedUntil = Number.NEGATIVE_INFINITY;
+  protected closed = false;
+  protected count = 0;
+
+  constructor(options: PacerOptions) {
+    this.clock = options.clock;
+    this.metrics = options.metrics;
+    this.admitMax = Math.max(1, options.queueMax);
+    this.noQueue = options.queueMax === 0;
+    this.queueTimeoutMs = options.queueTimeoutMs;
+  }
+
+  /** Requests currently waiting (for `ready`, a slot, or the end of an upstream pause). */
+  get waiting(): number {
+    return this.count;
+  }
+
+  /**
+   * See `Pacer.pauseUntil`. Capped at `now + queue.timeout` (a `Retry-After: 3600` must not
+   * block the sidecar for an hour; requests would time out anyway). A shorter pause never
+   * shortens a longer one already in force.
+   */
+  pauseUntil(until: number): void {
+    const capped = Math.min(until, this.clock.now() + this.queueTimeoutMs);
+    if (capped > this.pausedUntil) this.pausedUntil = capped;
+  }
+
+  protected setWaiting(count: number): void {
+    this.count = count;
+    this.metrics.queueLength.set(count);
+  }
+}
+
+/**
  * Paces request starts exactly (CONTRACT.md, "Pacing"): a FIFO of waiting requests on a
  * concurrency-1 `p-queue`, where only the head asks the `SlotStore` for a start time.
  *
@@ -121,23 +166,13 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
  *   recorded (in Redis it cannot be taken back atomically anyway) and the next head gets the
  *   slot after it. That errs on the side of the upstream's budget.
  */
-export class QueuePacer implements Pacer {
+export class QueuePacer extends BasePacer implements Pacer {
   private readonly store: SlotStore;
-  private readonly clock: Clock;
-  private readonly metrics: Metrics;
-  /** The admission limit; `queue.max: 0` still lets one request wait for the token. */
-  private readonly admitMax: number;
-  /** `queue.max: 0` = the slot must be free now. */
-  private readonly noQueue: boolean;
-  private readonly queueTimeoutMs: number;
   private readonly fifo = new PQueue({ concurrency: 1 });
   /** Every request in the FIFO (queued or head), for `close()`. */
   private readonly entries = new Set<Entry>();
-  private pausedUntil = Number.NEGATIVE_INFINITY;
   /** A probe's answer "no start before this clock ms", reused until it passes. */
   private probedFreeAt = Number.NEGATIVE_INFINITY;
-  private closed = false;
-  private count = 0;
   /** The entry whose `serve` is running, and how to wake it early when it leaves. */
   private head: Entry | undefined;
   private wakeHead: (() => void) | undefined;
@@ -145,12 +180,8 @@ export class QueuePacer implements Pacer {
   private readonly stopWindowGauge: (() => void) | undefined;
 
   constructor(options: QueuePacerOptions) {
+    super(options);
     this.store = options.store;
-    this.clock = options.clock;
-    this.metrics = options.metrics;
-    this.admitMax = Math.max(1, options.queueMax);
-    this.noQueue = options.queueMax === 0;
-    this.queueTimeoutMs = options.queueTimeoutMs;
     // Setting the gauge only when a reservation is made leaves it stale while no request comes:
     // after a burst it would read 0 for good, although the window empties `window.length` later.
     // A store that knows the window synchronously is read at every scrape instead.
@@ -162,11 +193,6 @@ export class QueuePacer implements Pacer {
         if (remaining !== undefined) gauge.set(remaining);
       });
     }
-  }
-
-  /** Requests currently waiting for `ready` or a slot. */
-  get waiting(): number {
-    return this.count;
   }
 
   /** Every start goes through the FIFO and the store. */
@@ -195,16 +221,6 @@ export class QueuePacer implements Pacer {
   }
 
   /**
-   * See `Pacer.pauseUntil`. Capped at `now + queue.timeout` (a `Retry-After: 3600` must not
-   * block the sidecar for an hour; requests would time out anyway). A shorter pause never
-   * shortens a longer one already in force.
-   */
-  pauseUntil(until: number): void {
-    const capped = Math.min(until, this.clock.now() + this.queueTimeoutMs);
-    if (capped > this.pausedUntil) this.pausedUntil = capped;
-  }
-
-  /**
    * Rejects every request still in the FIFO with `shutting_down`, and closes the store. Call it
    * after the drain (`shutdown.timeout`): the handler lets queued requests finish first.
    */
@@ -214,11 +230,6 @@ export class QueuePacer implements Pacer {
     for (const entry of this.entries) this.leave(entry, new ProxyError('shutting_down'));
     this.fifo.clear();
     await this.store.close();
-  }
-
-  private setWaiting(count: number): void {
-    this.count = count;
-    this.metrics.queueLength.set(count);
   }
 
   private enqueue(deadline: number, since: number, signal: AbortSignal | undefined): Promise<void> {
@@ -389,30 +400,13 @@ export class QueuePacer implements Pacer {
  * It is the hot path of the throughput benchmark, so a request that needs no waiting costs two
  * comparisons and one histogram observation.
  */
-export class PassThroughPacer implements Pacer {
-  private readonly clock: Clock;
-  private readonly metrics: Metrics;
-  private readonly admitMax: number;
-  private readonly noQueue: boolean;
-  private readonly queueTimeoutMs: number;
+export class PassThroughPacer extends BasePacer implements Pacer {
   private readonly store: SlotStore | undefined;
-  private pausedUntil = Number.NEGATIVE_INFINITY;
-  private closed = false;
-  private count = 0;
 
   /** `store`, if given, is only closed with the pacer (pacing is off, so it is never asked). */
   constructor(options: PacerOptions & { store?: SlotStore }) {
-    this.clock = options.clock;
-    this.metrics = options.metrics;
-    this.admitMax = Math.max(1, options.queueMax);
-    this.noQueue = options.queueMax === 0;
-    this.queueTimeoutMs = options.queueTimeoutMs;
+    super(options);
     this.store = options.store;
-  }
-
-  /** Requests currently waiting for `ready` or for an upstream pause to end. */
-  get waiting(): number {
-    return this.count;
   }
 
   /** Pacing is off: a request starts at once unless the pacer is closed or paused. */
@@ -448,21 +442,10 @@ export class PassThroughPacer implements Pacer {
     this.metrics.queueWait.observe((this.clock.now() - since) / 1000);
   }
 
-  /** See `QueuePacer.pauseUntil`. */
-  pauseUntil(until: number): void {
-    const capped = Math.min(until, this.clock.now() + this.queueTimeoutMs);
-    if (capped > this.pausedUntil) this.pausedUntil = capped;
-  }
-
   /** Stops admitting; requests still waiting are rejected with `shutting_down` when they wake. */
   async close(): Promise<void> {
     this.closed = true;
     await this.store?.close();
-  }
-
-  private setWaiting(count: number): void {
-    this.count = count;
-    this.metrics.queueLength.set(count);
   }
 }
 
