@@ -167,7 +167,7 @@ export class ProxyHandler {
     token: Secret,
     cancel: Cancellation,
   ): Promise<{ delivered: boolean }> {
-    const { metrics, clock, pacer, config } = this.deps;
+    const { metrics, clock, pacer } = this.deps;
     outgoing.headers = upstreamRequestHeaders(req.headers, token.reveal());
     const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
     metrics.upstreamResponse(attempt.status);
@@ -175,7 +175,7 @@ export class ProxyHandler {
     if (attempt.status === 429 || attempt.status === 503) {
       const wait = retryAfterMs(attempt.headers['retry-after'], clock.now());
       if (wait !== undefined) {
-        pacer.pauseUntil(clock.now() + Math.min(wait, config.rateLimit.queue.timeout));
+        pacer.pauseUntil(clock.now() + wait); // the pacer caps it at queue.timeout
         this.deps.logger.warn({
           event: 'upstream_pushback',
           status: attempt.status,

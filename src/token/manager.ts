@@ -121,7 +121,7 @@ export class TokenManager {
     if (this.#renewal || this.#held?.token !== rejected) return true;
     if (this.#rejections === 0) return true;
     const { min, max } = this.deps.config.retry;
-    const wait = Math.min(max, min * 2 ** Math.min(this.#rejections - 1, 30));
+    const wait = backoffCeiling(this.#rejections - 1, min, max);
     return this.deps.clock.now() - this.#lastRejectionAt >= wait;
   }
 
@@ -278,6 +278,10 @@ export function backoffDelay(
   max: number,
   random: () => number,
 ): number {
-  const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30));
-  return min + random() * (ceiling - min);
+  return min + random() * (backoffCeiling(attempt, min, max) - min);
+}
+
+/** The longest wait of attempt n: `min × 2ⁿ`, capped at `max` (the exponent too, against overflow). */
+function backoffCeiling(attempt: number, min: number, max: number): number {
+  return Math.min(max, min * 2 ** Math.min(attempt, 30));
 }

@@ -19,7 +19,6 @@ import {
   type IncomingMessage,
   type ServerResponse,
 } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import {
   decodeJwt,
   exportJWK,
@@ -30,6 +29,7 @@ import {
   SignJWT,
 } from 'jose';
 import type { Adapter } from 'oidc-provider';
+import { listen } from './process.js';
 
 /** The client authentication methods the IdP accepts at its token endpoint (RFC 7523, OIDC Core §9). */
 export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt';
@@ -423,14 +423,7 @@ export async function startIdp(options: IdpOptions = {}): Promise<Idp> {
     handler(req, res);
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
+  const port = await listen(server, options.port ?? 0, host);
   const issuer = `http://${host}:${port}`;
 
   const { privateKey } = await generateKeyPair('RS256', { extractable: true });

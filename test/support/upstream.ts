@@ -18,9 +18,10 @@ import {
   type IncomingMessage,
   type ServerResponse,
 } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { createRemoteJWKSet, type JWTPayload, jwtVerify } from 'jose';
+import { listen } from './process.js';
 
 /** How the upstream judged a request's bearer token. */
 export type AuthResult = 'ok' | 'missing' | 'invalid' | 'revoked' | 'skipped';
@@ -444,14 +445,7 @@ export async function startUpstream(options: UpstreamOptions): Promise<Upstream>
     socket.on('close', () => sockets.delete(socket));
   });
   const host = options.host ?? '127.0.0.1';
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
+  const port = await listen(server, options.port ?? 0, host);
   const origin = `http://${host}:${port}`;
 
   return {
