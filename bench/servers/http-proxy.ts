@@ -16,7 +16,7 @@ proxy.on('error', (_err, _req, res) => {
 
 const server = createServer((req, res) => proxy.web(req, res));
 server.keepAliveTimeout = 120_000;
-server.listen(0, '127.0.0.1', () => {
+server.listen(Number(flag('port', '0')), '127.0.0.1', () => {
   const address = server.address();
   if (address === null || typeof address === 'string') throw new Error('no TCP address');
   serveIpc(address.port, {});

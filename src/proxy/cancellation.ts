@@ -1,16 +1,16 @@
-import { EventEmitter } from 'node:events';
-
 /**
- * One request's cancellation: the client went away, or the upstream took too long. It is an
- * `EventEmitter` because undici accepts one as a request's `signal` (it listens for `abort`):
- * an `AbortController` per request, with its `EventTarget` listeners, cost 5–7 % of the
- * forwarding CPU in the benchmark profile. A real `AbortSignal` is made only when asked for
- * (a request that has to wait in the pacer's queue).
+ * One request's cancellation: the client went away, or the upstream took too long. Not an
+ * `AbortController`: one per request, with its `EventTarget` listeners, cost 5–7 % of the
+ * forwarding CPU in the benchmark profile. The forwarder needs one callback at a time
+ * (`onCancel`); a real `AbortSignal` is made only when asked for (a request that has to wait in
+ * the pacer's queue).
  */
-export class Cancellation extends EventEmitter {
+export class Cancellation {
   #reason: unknown;
   #cancelled = false;
   #controller: AbortController | undefined;
+  /** Called once, with the reason, when it is cancelled (the running attempt sets it). */
+  onCancel: ((reason: unknown) => void) | undefined;
 
   get cancelled(): boolean {
     return this.#cancelled;
@@ -36,6 +36,6 @@ export class Cancellation extends EventEmitter {
     this.#cancelled = true;
     this.#reason = reason;
     this.#controller?.abort(reason);
-    this.emit('abort');
+    this.onCancel?.(reason);
   }
 }

@@ -1,17 +1,16 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Writable } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import type { Config } from '../config/config.js';
 import { ProxyError } from '../errors.js';
 import type { Cancellation } from './cancellation.js';
-import { clientResponseHeaders } from './headers.js';
+import { responseHeaders } from './headers.js';
 
 /** How one attempt towards the upstream ended. */
 export interface Attempt {
   status: number;
-  /** Response headers as the upstream sent them (for `Retry-After`). */
-  headers: Record<string, string | string[] | undefined>;
+  /** Response headers as the upstream sent them (flat name/value list, for `Retry-After`). */
+  rawHeaders: Buffer[];
   /** False when the response was discarded so the request can be retried (a 401). */
   delivered: boolean;
   /** Seconds from sending until the response headers arrived. */
@@ -22,7 +21,8 @@ export interface Attempt {
 export interface Outgoing {
   method: string;
   path: string;
-  headers: Record<string, string | string[]>;
+  /** Flat name/value list, bearer included. */
+  headers: string[];
   /** `null`: no body; a Buffer: a small body kept for a replay; the request itself: streamed. */
   body: Buffer | IncomingMessage | null;
   /**
@@ -35,16 +35,8 @@ export interface Outgoing {
 /** The cancellation reason of an upstream that took longer than `upstream.timeout`. */
 const TIMED_OUT = Symbol('upstream timeout');
 
-/** Discards a response body we are about to retry; undici needs somewhere to write it. */
-const discard = () =>
-  new Writable({
-    write(_chunk, _enc, cb) {
-      cb();
-    },
-  });
-
 /**
- * Streams requests to the one upstream over a keep-alive undici `Pool` and streams each response
+ * Sends requests to the one upstream over a keep-alive undici `Pool` and streams each response
  * straight into the client's `ServerResponse` (no buffering in either direction).
  */
 export class Forwarder {
@@ -70,44 +62,112 @@ export class Forwarder {
    * complete response arrives within `upstream.timeout`, `upstream_unreachable` for connection,
    * TLS and DNS failures, or the cancellation's reason when the client went away.
    */
-  async send(out: Outgoing, res: ServerResponse, cancel: Cancellation): Promise<Attempt> {
-    const timer = setTimeout(() => cancel.cancel(TIMED_OUT), this.#timeout);
-    const sentAt = performance.now();
-    let attempt: Attempt | undefined;
-    try {
-      await this.#pool.stream(
+  send(out: Outgoing, res: ServerResponse, cancel: Cancellation): Promise<Attempt> {
+    if (cancel.cancelled) return Promise.reject(cancel.reason);
+    return new Promise((resolve, reject) => {
+      const exchange = new Exchange(out, res, cancel, resolve, reject);
+      exchange.timer = setTimeout(() => cancel.cancel(TIMED_OUT), this.#timeout);
+      cancel.onCancel = exchange.onCancel;
+      this.#pool.dispatch(
         {
           method: out.method as Dispatcher.HttpMethod,
           path: out.path,
           headers: out.headers,
           body: out.body,
-          signal: cancel,
         },
-        ({ statusCode, headers }) => {
-          const delivered = !(statusCode === 401 && out.replayOn401?.());
-          attempt = {
-            status: statusCode,
-            headers,
-            delivered,
-            headersAfter: (performance.now() - sentAt) / 1000,
-          };
-          if (!delivered) return discard();
-          res.writeHead(statusCode, clientResponseHeaders(headers));
-          return res;
-        },
+        exchange,
       );
-    } catch (err) {
-      if (cancel.reason === TIMED_OUT) throw new ProxyError('upstream_timeout');
-      if (cancel.cancelled) throw cancel.reason;
-      if (attempt) throw err; // the response had begun: nothing to replace it with
-      throw new ProxyError('upstream_unreachable', undefined, { cause: err });
-    } finally {
-      clearTimeout(timer);
-    }
-    return attempt as Attempt;
+    });
   }
 
   close(): Promise<void> {
     return this.#pool.close();
+  }
+}
+
+/**
+ * One attempt as an undici dispatch handler: the response goes from undici's parser to `res`
+ * without the `stream()` API's Writable plumbing (a quarter of the forwarding CPU it cost). Its
+ * promise settles exactly once: at the end of the response, at the first error, or at the
+ * cancellation (at once, even while undici is still connecting).
+ */
+class Exchange implements Dispatcher.DispatchHandler {
+  timer: NodeJS.Timeout | undefined;
+  #abort: ((err?: Error) => void) | undefined;
+  #resume: (() => void) | undefined;
+  #attempt: Attempt | undefined;
+  #settled = false;
+  readonly #sentAt = performance.now();
+
+  constructor(
+    private readonly out: Outgoing,
+    private readonly res: ServerResponse,
+    private readonly cancel: Cancellation,
+    private readonly resolve: (attempt: Attempt) => void,
+    private readonly reject: (err: unknown) => void,
+  ) {}
+
+  readonly onCancel = (): void => {
+    this.#abort?.(new Error('cancelled'));
+    this.#fail(undefined);
+  };
+
+  onConnect(abort: (err?: Error) => void): void {
+    if (this.#settled) abort(new Error('cancelled'));
+    else this.#abort = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true; // informational (103 Early Hints): not forwarded
+    const delivered = !(statusCode === 401 && this.out.replayOn401?.());
+    this.#attempt = {
+      status: statusCode,
+      rawHeaders,
+      delivered,
+      headersAfter: (performance.now() - this.#sentAt) / 1000,
+    };
+    if (delivered) {
+      this.res.writeHead(statusCode, responseHeaders(rawHeaders));
+      this.#resume = resume;
+    }
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    // Discarded (a 401 to replay), or nobody to deliver it to any more.
+    if (!this.#attempt?.delivered || this.#settled || this.res.destroyed) return true;
+    if (this.res.write(chunk)) return true;
+    // The client reads slower than the upstream sends: undici stops reading until it drains.
+    if (this.#resume) this.res.once('drain', this.#resume);
+    return false;
+  }
+
+  onComplete(): void {
+    if (this.#settled) return;
+    this.#finish();
+    const attempt = this.#attempt as Attempt;
+    if (attempt.delivered) this.res.end();
+    this.resolve(attempt);
+  }
+
+  onError(err: Error): void {
+    this.#fail(err);
+  }
+
+  #fail(err: unknown): void {
+    if (this.#settled) return;
+    this.#finish();
+    const { cancel } = this;
+    if (cancel.reason === TIMED_OUT) this.reject(new ProxyError('upstream_timeout'));
+    else if (cancel.cancelled) this.reject(cancel.reason);
+    else if (this.#attempt)
+      this.reject(err); // the response had begun: nothing to replace it
+    else this.reject(new ProxyError('upstream_unreachable', undefined, { cause: err }));
+  }
+
+  #finish(): void {
+    this.#settled = true;
+    clearTimeout(this.timer);
+    if (this.cancel.onCancel === this.onCancel) this.cancel.onCancel = undefined;
   }
 }

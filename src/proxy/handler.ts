@@ -9,7 +9,7 @@ import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
 import { Cancellation } from './cancellation.js';
 import type { Forwarder, Outgoing } from './forward.js';
-import { upstreamRequestHeaders } from './headers.js';
+import { type RequestHead, rawHeader, requestHead, withBearer } from './headers.js';
 import { pathPrefix, upstreamPath } from './target.js';
 
 /**
@@ -110,8 +110,9 @@ export class ProxyHandler {
     };
     res.once('close', onClose);
     const receivedAt = clock.now();
+    const head = requestHead(req.rawHeaders);
     try {
-      const body = await this.#body(req);
+      const body = await this.#body(req, head);
       // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
       let token =
         this.#startNow() ?? (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel));
@@ -119,11 +120,11 @@ export class ProxyHandler {
       const outgoing: Outgoing = {
         method: req.method ?? 'GET',
         path,
-        headers: {},
+        headers: head.headers,
         body,
         ...(replayable ? { replayOn401: () => tokens.shouldRenewAfterRejection(token) } : {}),
       };
-      let attempt = await this.#attempt(req, res, outgoing, token, cancel);
+      let attempt = await this.#attempt(res, outgoing, token, cancel);
       if (!attempt.delivered) {
         // 401 on a replayable request: renew once (shared by every request that saw it), then
         // replay once through the pacer: retries count against the budget too.
@@ -132,7 +133,7 @@ export class ProxyHandler {
           this.#startNow() ??
           (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel));
         const { replayOn401: _, ...final } = outgoing;
-        attempt = await this.#attempt(req, res, final, token, cancel);
+        attempt = await this.#attempt(res, final, token, cancel);
       }
     } catch (err) {
       this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
@@ -161,19 +162,18 @@ export class ProxyHandler {
   }
 
   async #attempt(
-    req: IncomingMessage,
     res: ServerResponse,
     outgoing: Outgoing,
     token: Secret,
     cancel: Cancellation,
   ): Promise<{ delivered: boolean }> {
     const { metrics, clock, pacer } = this.deps;
-    outgoing.headers = upstreamRequestHeaders(req.headers, token.reveal());
+    withBearer(outgoing.headers, token.reveal());
     const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
     metrics.upstreamResponse(attempt.status);
     metrics.upstreamDuration.observe(attempt.headersAfter);
     if (attempt.status === 429 || attempt.status === 503) {
-      const wait = retryAfterMs(attempt.headers['retry-after'], clock.now());
+      const wait = retryAfterMs(rawHeader(attempt.rawHeaders, 'retry-after'), clock.now());
       if (wait !== undefined) {
         pacer.pauseUntil(clock.now() + wait); // the pacer caps it at queue.timeout
         this.deps.logger.warn({
@@ -190,9 +190,9 @@ export class ProxyHandler {
    * No body → `null`; a declared length within the replay limit → the bytes (so a 401 can be
    * replayed); otherwise the request stream itself, forwarded as it arrives.
    */
-  async #body(req: IncomingMessage): Promise<Buffer | IncomingMessage | null> {
-    const length = req.headers['content-length'];
-    if (length === undefined && req.headers['transfer-encoding'] === undefined) return null;
+  async #body(req: IncomingMessage, head: RequestHead): Promise<Buffer | IncomingMessage | null> {
+    const length = head.contentLength;
+    if (length === undefined && !head.chunked) return null;
     const declared = Number(length);
     if (length === undefined || !(declared <= REPLAY_LIMIT_BYTES)) return req;
     if (declared === 0) return null;

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PROXY_ERRORS, ProxyError } from '../../src/errors.js';
 import { retryAfterMs } from '../../src/proxy/handler.js';
-import { clientResponseHeaders, upstreamRequestHeaders } from '../../src/proxy/headers.js';
+import { rawHeader, requestHead, responseHeaders, withBearer } from '../../src/proxy/headers.js';
 import { pathPrefix, upstreamPath } from '../../src/proxy/target.js';
 
 describe('request targets', () => {
@@ -58,47 +58,76 @@ describe('request targets', () => {
 });
 
 describe('headers', () => {
+  /** A raw list as node:http and undici give it: names in any case, fields may repeat. */
+  const raw = (pairs: [string, string][]) => pairs.flat();
+
   it("drops the client's credentials and hop-by-hop headers and sets the bearer", () => {
-    const out = upstreamRequestHeaders(
-      {
-        host: 'localhost:8080',
-        authorization: 'Basic Y2xpZW50OnNlY3JldA==',
-        'proxy-authorization': 'Basic eA==',
-        connection: 'keep-alive, x-private',
-        'keep-alive': 'timeout=5',
-        'x-private': 'hop',
-        te: 'trailers',
-        'transfer-encoding': 'chunked',
-        upgrade: 'h2c',
-        'content-type': 'application/json',
-        'x-request-id': 'abc',
-        cookie: 'a=b',
-      },
-      'tkn',
+    const head = requestHead(
+      raw([
+        ['Host', 'localhost:8080'],
+        ['Authorization', 'Basic Y2xpZW50OnNlY3JldA=='],
+        ['Proxy-Authorization', 'Basic eA=='],
+        ['X-Private', 'hop'],
+        ['Connection', 'keep-alive, X-Private'],
+        ['Keep-Alive', 'timeout=5'],
+        ['TE', 'trailers'],
+        ['Transfer-Encoding', 'chunked'],
+        ['Upgrade', 'h2c'],
+        ['Expect', '100-continue'],
+        ['Content-Type', 'application/json'],
+        ['Content-Length', '12'],
+        ['x-request-id', 'abc'],
+        ['Cookie', 'a=b'],
+        ['Cookie', 'c=d'],
+      ]),
     );
-    expect(out).toEqual({
-      'content-type': 'application/json',
-      'x-request-id': 'abc',
-      cookie: 'a=b',
-      authorization: 'Bearer tkn',
+    expect(withBearer(head.headers, 'tkn')).toEqual(
+      raw([
+        ['Content-Type', 'application/json'],
+        ['Content-Length', '12'],
+        ['x-request-id', 'abc'],
+        ['Cookie', 'a=b'],
+        ['Cookie', 'c=d'],
+        ['authorization', 'Bearer tkn'],
+      ]),
+    );
+    expect(head.contentLength).toBe('12');
+    expect(head.chunked).toBe(true);
+    // A replay after a 401 sets the renewed token in the same slot.
+    expect(withBearer(head.headers, 'new').slice(-2)).toEqual(['authorization', 'Bearer new']);
+  });
+
+  it('reports no body framing when the client sent none', () => {
+    const head = requestHead(raw([['host', 'x']]));
+    expect(head).toEqual({
+      headers: ['authorization', ''],
+      contentLength: undefined,
+      chunked: false,
     });
   });
 
   it('drops hop-by-hop headers from responses and keeps the rest', () => {
-    expect(
-      clientResponseHeaders({
-        connection: 'close, x-hop',
-        'x-hop': '1',
-        'transfer-encoding': 'chunked',
-        'content-type': 'text/plain',
-        'set-cookie': ['a=1', 'b=2'],
-        'www-authenticate': 'Bearer',
-      }),
-    ).toEqual({
-      'content-type': 'text/plain',
-      'set-cookie': ['a=1', 'b=2'],
-      'www-authenticate': 'Bearer',
-    });
+    const buffers = raw([
+      ['x-hop', '1'],
+      ['Connection', 'close, X-Hop'],
+      ['Transfer-Encoding', 'chunked'],
+      ['Content-Type', 'text/plain'],
+      ['Set-Cookie', 'a=1'],
+      ['Set-Cookie', 'b=2'],
+      ['WWW-Authenticate', 'Bearer'],
+      ['Retry-After', '7'],
+    ]).map((x) => Buffer.from(x, 'latin1'));
+    expect(responseHeaders(buffers)).toEqual(
+      raw([
+        ['Content-Type', 'text/plain'],
+        ['Set-Cookie', 'a=1'],
+        ['Set-Cookie', 'b=2'],
+        ['WWW-Authenticate', 'Bearer'],
+        ['Retry-After', '7'],
+      ]),
+    );
+    expect(rawHeader(buffers, 'retry-after')).toBe('7');
+    expect(rawHeader(buffers, 'age')).toBeUndefined();
   });
 });
 
