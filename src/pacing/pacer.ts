@@ -19,6 +19,14 @@ import {
  */
 const TIMER_SLACK_MS = 2;
 
+/**
+ * How long the next reservation waits for the previous start to be confirmed on the wire
+ * (`Pacer.sent`). A new connection to the upstream takes a handshake or two; beyond this the
+ * start is recorded as happening now and pacing goes on (an unreachable upstream, or a caller
+ * that never confirms, must not stop every request).
+ */
+export const SENT_WAIT_MAX_MS = 1000;
+
 /** Node's largest timer delay (2^31 − 1 ms); a longer one fires after 1 ms instead. */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -36,6 +44,12 @@ export interface PacerOptions {
 export interface QueuePacerOptions extends PacerOptions {
   /** The record of start times: `LocalSlotStore`, or the fleet's Redis store. */
   store: SlotStore;
+  /**
+   * The caller confirms every start with `sent()` when the request reaches the upstream's
+   * socket, and the next reservation waits for it (the proxy does; tests of the schedule alone
+   * leave it off).
+   */
+  confirmStarts?: boolean;
 }
 
 /** One request waiting in the FIFO for its slot. */
@@ -178,10 +192,17 @@ export class QueuePacer extends BasePacer implements Pacer {
   private wakeHead: (() => void) | undefined;
   /** Removes the scrape hook of `m2m_proxy_window_remaining`, when one was installed. */
   private readonly stopWindowGauge: (() => void) | undefined;
+  private readonly confirmStarts: boolean;
+  /** The latest start is not confirmed on the wire yet: the next head must not reserve. */
+  private unconfirmed = false;
+  /** Clock ms the latest start is recorded at (moved by `sent` when it went out late). */
+  private recordedAt = Number.NEGATIVE_INFINITY;
+  private wakeConfirmed: (() => void) | undefined;
 
   constructor(options: QueuePacerOptions) {
     super(options);
     this.store = options.store;
+    this.confirmStarts = options.confirmStarts ?? false;
     // Setting the gauge only when a reservation is made leaves it stale while no request comes:
     // after a burst it would read 0 for good, although the window empties `window.length` later.
     // A store that knows the window synchronously is read at every scrape instead.
@@ -198,6 +219,19 @@ export class QueuePacer extends BasePacer implements Pacer {
   /** Every start goes through the FIFO and the store. */
   tryAcquireNow(): boolean {
     return false;
+  }
+
+  /**
+   * See `Pacer.sent`. A start that reached the wire later than recorded (a new connection, a
+   * stall between the slot and the write) moves its recorded start to now, so the starts after
+   * it keep their distance from what the upstream really saw.
+   */
+  sent(): void {
+    if (!this.unconfirmed) return;
+    this.unconfirmed = false;
+    const lateMs = this.clock.now() - this.recordedAt;
+    if (lateMs > TIMER_SLACK_MS) this.store.started?.(lateMs);
+    this.wakeConfirmed?.();
   }
 
   /** See `Pacer.acquire`. */
@@ -300,6 +334,10 @@ export class QueuePacer extends BasePacer implements Pacer {
     this.head = entry;
     try {
       while (!entry.settled) {
+        if (this.unconfirmed) {
+          await this.untilConfirmed();
+          continue;
+        }
         const now = this.clock.now();
         const pauseMs = Math.max(0, this.pausedUntil - now);
         const maxDelayMs = this.noQueue ? Math.min(0, entry.deadline - now) : entry.deadline - now;
@@ -339,6 +377,10 @@ export class QueuePacer extends BasePacer implements Pacer {
         // follow it closer than the limits allow.
         const lateMs = this.clock.now() - reservedAt;
         if (lateMs > TIMER_SLACK_MS) this.store.started?.(lateMs);
+        if (this.confirmStarts) {
+          this.unconfirmed = true;
+          this.recordedAt = Math.max(reservedAt, this.clock.now());
+        }
         this.start(entry);
       }
     } finally {
@@ -376,6 +418,24 @@ export class QueuePacer extends BasePacer implements Pacer {
     });
   }
 
+  /**
+   * Waits until the latest start is confirmed (`sent`), the head leaves, or `SENT_WAIT_MAX_MS`
+   * passes (then the start counts as sent now).
+   */
+  private untilConfirmed(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = this.clock.setTimeout(() => this.sent(), SENT_WAIT_MAX_MS);
+      const done = () => {
+        this.clock.clearTimeout(timer);
+        this.wakeConfirmed = undefined;
+        this.wakeHead = undefined;
+        resolve();
+      };
+      this.wakeConfirmed = done;
+      this.wakeHead = done;
+    });
+  }
+
   /** Ms until a start would be allowed (pause included), for a request turned away. */
   private async probeDelayMs(): Promise<number> {
     const now = this.clock.now();
@@ -408,6 +468,9 @@ export class PassThroughPacer extends BasePacer implements Pacer {
     super(options);
     this.store = options.store;
   }
+
+  /** Nothing is paced, so nothing waits for a start to be confirmed. */
+  sent(): void {}
 
   /** Pacing is off: a request starts at once unless the pacer is closed or paused. */
   tryAcquireNow(): boolean {
@@ -478,5 +541,6 @@ export function createPacer(rateLimit: Config['rateLimit'], deps: PacerDeps): Pa
   return new QueuePacer({
     ...base,
     store: store ?? new LocalSlotStore({ ...slotLimits(rateLimit), clock }),
+    confirmStarts: true,
   });
 }

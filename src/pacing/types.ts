@@ -30,6 +30,13 @@ export interface Pacer {
    * pause); `false` means "call `acquire`". The forwarding fast path: no promise, no queue entry.
    */
   tryAcquireNow(): boolean;
+  /**
+   * The request that last started has reached the upstream's socket, or failed before it: call
+   * once per granted start (`acquire` resolved, `tryAcquireNow` true). Limits are on what the
+   * upstream sees, and the way from the slot to the wire can take a connection handshake; the
+   * next start is reserved only after this, counted from the real send time.
+   */
+  sent(): void;
   /** An upstream `Retry-After`: no request starts before `until` (clock ms), capped by the pacer. */
   pauseUntil(until: number): void;
   /** Requests currently waiting (for `ready` or for a slot). */

@@ -27,9 +27,14 @@ export interface Outgoing {
   body: Buffer | IncomingMessage | null;
   /**
    * Asked when the upstream answers 401: true discards the response so the request can be
-   * replayed with a renewed token. Absent for bodies that cannot be replayed.
+   * replayed with a renewed token. Undefined for bodies that cannot be replayed, and for a replay.
    */
-  replayOn401?: () => boolean;
+  replayOn401: (() => boolean) | undefined;
+  /**
+   * Called once per attempt: when the request is about to be written to a connected socket, or
+   * when the attempt ends without getting that far (the pacer counts starts on the wire).
+   */
+  onWire: () => void;
 }
 
 /** The cancellation reason of an upstream that took longer than `upstream.timeout`. */
@@ -63,7 +68,10 @@ export class Forwarder {
    * TLS and DNS failures, or the cancellation's reason when the client went away.
    */
   send(out: Outgoing, res: ServerResponse, cancel: Cancellation): Promise<Attempt> {
-    if (cancel.cancelled) return Promise.reject(cancel.reason);
+    if (cancel.cancelled) {
+      out.onWire();
+      return Promise.reject(cancel.reason);
+    }
     return new Promise((resolve, reject) => {
       const exchange = new Exchange(out, res, cancel, resolve, reject);
       exchange.timer = setTimeout(() => cancel.cancel(TIMED_OUT), this.#timeout);
@@ -113,8 +121,12 @@ class Exchange implements Dispatcher.DispatchHandler {
   };
 
   onConnect(abort: (err?: Error) => void): void {
-    if (this.#settled) abort(new Error('cancelled'));
-    else this.#abort = abort;
+    if (this.#settled) {
+      abort(new Error('cancelled'));
+      return;
+    }
+    this.#abort = abort;
+    this.#onWire();
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
@@ -165,7 +177,16 @@ class Exchange implements Dispatcher.DispatchHandler {
     else this.reject(new ProxyError('upstream_unreachable', undefined, { cause: err }));
   }
 
+  #wired = false;
+
+  #onWire(): void {
+    if (this.#wired) return;
+    this.#wired = true;
+    this.out.onWire();
+  }
+
   #finish(): void {
+    this.#onWire(); // ended before reaching the wire: the pacer must not wait for it
     this.#settled = true;
     clearTimeout(this.timer);
     if (this.cancel.onCancel === this.onCancel) this.cancel.onCancel = undefined;

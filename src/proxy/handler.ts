@@ -49,8 +49,12 @@ export class ProxyHandler {
   #shuttingDown = false;
   #drained: (() => void) | undefined;
 
+  /** Tells the pacer an attempt reached the wire (one function for every request). */
+  readonly #onWire: () => void;
+
   constructor(private readonly deps: HandlerDeps) {
     this.#prefix = pathPrefix(new URL(deps.config.upstream.url));
+    this.#onWire = () => deps.pacer.sent();
   }
 
   /** Requests accepted and not yet answered. */
@@ -79,10 +83,7 @@ export class ProxyHandler {
       return;
     }
     this.#inFlight += 1;
-    this.#forward(req, res, path).finally(() => {
-      this.#inFlight -= 1;
-      if (this.#inFlight === 0) this.#drained?.();
-    });
+    void this.#forward(req, res, path);
   };
 
   /**
@@ -110,9 +111,10 @@ export class ProxyHandler {
     };
     res.once('close', onClose);
     const receivedAt = clock.now();
-    const head = requestHead(req.rawHeaders);
     try {
-      const body = await this.#body(req, head);
+      const head = requestHead(req.rawHeaders);
+      const pending = this.#body(req, head);
+      const body = pending instanceof Promise ? await pending : pending;
       // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
       let token =
         this.#startNow() ?? (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel));
@@ -122,7 +124,8 @@ export class ProxyHandler {
         path,
         headers: head.headers,
         body,
-        ...(replayable ? { replayOn401: () => tokens.shouldRenewAfterRejection(token) } : {}),
+        replayOn401: replayable ? () => tokens.shouldRenewAfterRejection(token) : undefined,
+        onWire: this.#onWire,
       };
       let attempt = await this.#attempt(res, outgoing, token, cancel);
       if (!attempt.delivered) {
@@ -132,13 +135,15 @@ export class ProxyHandler {
         token =
           this.#startNow() ??
           (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel));
-        const { replayOn401: _, ...final } = outgoing;
-        attempt = await this.#attempt(res, final, token, cancel);
+        outgoing.replayOn401 = undefined;
+        attempt = await this.#attempt(res, outgoing, token, cancel);
       }
     } catch (err) {
       this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
     } finally {
       res.off('close', onClose);
+      this.#inFlight -= 1;
+      if (this.#inFlight === 0) this.#drained?.();
     }
   }
 
@@ -157,7 +162,10 @@ export class ProxyHandler {
       ready: (d, s) => tokens.waitForToken(d, s),
     });
     const token = tokens.current();
-    if (!token) throw new ProxyError('token_unavailable');
+    if (!token) {
+      pacer.sent(); // the granted start is given up before it reached the wire
+      throw new ProxyError('token_unavailable');
+    }
     return token;
   }
 
@@ -188,9 +196,10 @@ export class ProxyHandler {
 
   /**
    * No body → `null`; a declared length within the replay limit → the bytes (so a 401 can be
-   * replayed); otherwise the request stream itself, forwarded as it arrives.
+   * replayed); otherwise the request stream itself, forwarded as it arrives. Only reading the
+   * bytes is asynchronous (a GET does not pay for a promise).
    */
-  async #body(req: IncomingMessage, head: RequestHead): Promise<Buffer | IncomingMessage | null> {
+  #body(req: IncomingMessage, head: RequestHead): Promise<Buffer> | IncomingMessage | null {
     const length = head.contentLength;
     if (length === undefined && !head.chunked) return null;
     const declared = Number(length);

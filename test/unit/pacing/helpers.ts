@@ -41,7 +41,11 @@ export interface Setup {
 
 /** A `QueuePacer` on a recording `LocalSlotStore`, on the (fake-timer-aware) system clock. */
 export function setup(
-  limits: Partial<SlotLimits> & { queueMax?: number; queueTimeoutMs?: number } = {},
+  limits: Partial<SlotLimits> & {
+    queueMax?: number;
+    queueTimeoutMs?: number;
+    confirmStarts?: boolean;
+  } = {},
 ): Setup {
   const clock = systemClock;
   const metrics = new Metrics(new Registry(), { defaultMetrics: false });
@@ -61,6 +65,7 @@ export function setup(
     metrics,
     queueMax: limits.queueMax ?? 1000,
     queueTimeoutMs: limits.queueTimeoutMs ?? 30_000,
+    confirmStarts: limits.confirmStarts ?? false,
   });
   return { pacer, store, metrics };
 }

@@ -4,7 +4,12 @@ import { systemClock } from '../../../src/clock.js';
 import { ProxyError } from '../../../src/errors.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
-import { createPacer, PassThroughPacer, QueuePacer } from '../../../src/pacing/pacer.js';
+import {
+  createPacer,
+  PassThroughPacer,
+  QueuePacer,
+  SENT_WAIT_MAX_MS,
+} from '../../../src/pacing/pacer.js';
 import { flush, metricValue, setup, track } from './helpers.js';
 
 const T0 = 1_700_000_000_000;
@@ -415,6 +420,34 @@ describe('PassThroughPacer and createPacer', () => {
       pacer.acquire({ deadline: FOREVER, ready: () => Promise.reject(failure) }),
     ).rejects.toBe(failure);
     expect(pacer.waiting).toBe(0);
+  });
+
+  it('reserves the next start only once the previous one is on the wire, counted from then', async () => {
+    // 10/s: starts 100 ms apart. The first request needs a new connection and reaches the wire
+    // 40 ms after its slot; the second must follow the real send, not the slot.
+    const { pacer, store } = setup({ perSecond: 10, confirmStarts: true });
+    const first = track(pacer.acquire({ deadline: FOREVER }));
+    const second = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(first.state).toBe('resolved');
+    await vi.advanceTimersByTimeAsync(40);
+    expect(store.calls).toHaveLength(1); // the second has not reserved: the first is not sent
+    pacer.sent();
+    const third = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(100);
+    expect((second.at as number) - T0).toBe(140);
+    pacer.sent(); // on time: nothing moves
+    await vi.advanceTimersByTimeAsync(200);
+    expect((third.at as number) - T0).toBe(240);
+  });
+
+  it(`goes on after ${SENT_WAIT_MAX_MS} ms when a start is never confirmed, counting it as sent then`, async () => {
+    const { pacer } = setup({ perSecond: 10, confirmStarts: true });
+    const first = track(pacer.acquire({ deadline: FOREVER }));
+    const second = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(SENT_WAIT_MAX_MS + 500);
+    expect(first.at).toBe(T0);
+    expect((second.at as number) - T0).toBe(SENT_WAIT_MAX_MS + 100);
   });
 
   it('keeps the limits on real start times when a start is late (a stalled event loop)', async () => {
