@@ -364,8 +364,7 @@ export class QueuePacer extends BasePacer implements Pacer {
           this.clock.clearTimeout(entry.deadlineTimer);
           entry.deadlineTimer = undefined;
         }
-        // Measured on the local clock after the store answered: with Redis the answer is
-        // relative to the server's "now", and counting from after the round trip errs late.
+        // A delay from now, as the store answered (the Redis store converts its server's clock).
         const reservedAt = this.clock.now() + reservation.delayMs;
         await this.sleepUntil(entry, reservedAt);
         // Left while waiting for its slot (abort, close): the slot stays unused.

@@ -3,6 +3,7 @@ import { inspect } from 'node:util';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
+import { ClockOffset } from './clock-offset.js';
 import {
   parseReserveReply,
   RESERVE_LUA,
@@ -91,6 +92,8 @@ export class RedisSlotStore implements SharedSlotStore {
   readonly #connectTimeoutMs: number;
   readonly #where: string;
   readonly #lostListeners: ((error: Error) => void)[] = [];
+  /** Redis `TIME` − `performance.now()`, so reserved starts are released on Redis's clock. */
+  readonly #offset = new ClockOffset();
   #closing = false;
   /** True once the first connection is ready: until then a call waits for the connect timeout. */
   #connectedOnce = false;
@@ -174,11 +177,17 @@ export class RedisSlotStore implements SharedSlotStore {
       this.#metrics.errors.inc();
       throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
     }
-    this.#metrics.reserveDuration.observe((performance.now() - began) / 1000);
+    const received = performance.now();
+    this.#metrics.reserveDuration.observe((received - began) / 1000);
+    // The script's delay counts from Redis's "now", somewhere inside the round trip. Counted
+    // from when the answer arrived, a slow answer would start late and the next replica's start
+    // (on time) would follow it too closely; on Redis's clock, every replica aims at one instant.
+    const offset = this.#offset.sample(began, received, reply.nowUs / 1000);
+    const startLocal = (reply.nowUs + reply.delayUs) / 1000 - offset;
     const reservation: DetailedReservation = {
       granted: reply.granted,
       // Whole milliseconds, rounded up: a timer never fires before the reserved start.
-      delayMs: Math.max(0, Math.ceil(reply.delayUs / 1000)),
+      delayMs: Math.max(0, Math.ceil(startLocal - performance.now())),
       startUs: reply.startUs,
       redisNowUs: reply.nowUs,
     };
