@@ -17,16 +17,21 @@ export class ClockOffset {
   #at = 0;
 
   /**
-   * Adds one round trip (local times of sending and receiving, the remote reading, all in ms)
-   * and returns the current estimate of `remote − local`.
+   * Adds one round trip (local times of sending and receiving, and the remote clock's reading
+   * during it, all in ms), then returns the local time by which the remote clock has certainly
+   * reached `remoteAt`: the estimate moved by its error bound, so a start is never released early.
    */
-  sample(sentAt: number, receivedAt: number, remoteAt: number): number {
+  localTimeOf(remoteAt: number, sentAt: number, receivedAt: number, reading: number): number {
+    this.#add(sentAt, receivedAt, reading);
+    return remoteAt - this.#offsetMs + this.#boundMs;
+  }
+
+  #add(sentAt: number, receivedAt: number, remoteAt: number): void {
     const boundMs = (receivedAt - sentAt) / 2;
     if (boundMs <= this.#boundMs + (receivedAt - this.#at) * AGEING) {
       this.#offsetMs = remoteAt - (sentAt + receivedAt) / 2;
       this.#boundMs = boundMs;
       this.#at = receivedAt;
     }
-    return this.#offsetMs;
   }
 }

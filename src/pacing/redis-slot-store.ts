@@ -182,8 +182,12 @@ export class RedisSlotStore implements SharedSlotStore {
     // The script's delay counts from Redis's "now", somewhere inside the round trip. Counted
     // from when the answer arrived, a slow answer would start late and the next replica's start
     // (on time) would follow it too closely; on Redis's clock, every replica aims at one instant.
-    const offset = this.#offset.sample(began, received, reply.nowUs / 1000);
-    const startLocal = (reply.nowUs + reply.delayUs) / 1000 - offset;
+    const startLocal = this.#offset.localTimeOf(
+      (reply.nowUs + reply.delayUs) / 1000,
+      began,
+      received,
+      reply.nowUs / 1000,
+    );
     const reservation: DetailedReservation = {
       granted: reply.granted,
       // Whole milliseconds, rounded up: a timer never fires before the reserved start.

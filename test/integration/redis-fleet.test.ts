@@ -84,9 +84,11 @@ describe('one budget for a fleet (real Redis, real time)', () => {
       expect(starts.filter((s) => s.replica === i).length).toBeGreaterThan(3);
     }
 
-    // No replica starts before its reserved time (Redis is on this host: same wall clock; 1 ms
-    // for Date.now()'s granularity). Lateness comes from timers and the reply's trip.
-    for (const s of starts) expect(s.wallMs).toBeGreaterThanOrEqual(s.startUs / 1000 - 1);
+    // No replica starts before its reserved time (Redis is on this host: same wall clock). The
+    // store aims at Redis's clock less its error bound; 2 ms allow for Date.now()'s whole
+    // milliseconds and for this harness's bare setTimeout, which may fire up to 1 ms early (the
+    // pacer re-checks the clock; this loop does not).
+    for (const s of starts) expect(s.wallMs).toBeGreaterThanOrEqual(s.startUs / 1000 - 2);
     const local = starts.map((s) => s.localMs).sort((a, b) => a - b);
     const localGaps = local.slice(1).map((t, i) => t - (local[i] ?? 0));
     const late = starts.map((s) => s.wallMs - s.startUs / 1000);
