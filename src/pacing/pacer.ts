@@ -224,7 +224,9 @@ export class QueuePacer extends BasePacer implements Pacer {
   /**
    * See `Pacer.sent`. A start that reached the wire later than recorded (a new connection, a
    * stall between the slot and the write) moves its recorded start to now, so the starts after
-   * it keep their distance from what the upstream really saw.
+   * it keep their distance from what the upstream really saw. Confirmations carry no identity:
+   * one arriving after `SENT_WAIT_MAX_MS` gave up on it confirms the next start instead, which
+   * can then be followed before it is on the wire (only after a handshake that took over 1 s).
    */
   sent(): void {
     if (!this.unconfirmed) return;
