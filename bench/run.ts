@@ -8,7 +8,7 @@
  *   BENCH_QUICK=1     shorter runs (smoke check, ~2 min); results go to results/quick.*
  *   BENCH_ONLY=a,b    only these runs: overhead, latency, token, pacing, memory, fleet
  *                     (results go to results/partial.*, as with BENCH_CPU_PROF)
- *   BENCH_ROUNDS=n    rounds per target in the interleaved runs (default 3, QUICK 1)
+ *   BENCH_ROUNDS=n    rounds per target in the interleaved runs (default 7, QUICK 1)
  *   BENCH_CPU_PROF=1  run m2m-proxy with --cpu-prof (profiles in results/prof, summarised)
  *   BENCH_STRICT=1    exit 1 when a target fails
  *   BENCH_NGINX=path  nginx binary (default /usr/sbin/nginx; skipped when absent)
@@ -100,7 +100,7 @@ async function main(): Promise<void> {
     cpuProf: process.env.BENCH_CPU_PROF === '1',
     m2mAvailable: existsSync(mainJs),
     nginx,
-    rounds: Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3)),
+    rounds: Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 7)),
     log: (line) => console.log(line),
   };
   const commit = await capture('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']).catch(

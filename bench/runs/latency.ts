@@ -37,7 +37,7 @@ export async function runLatency(
     pass: null,
   };
   if (!ctx.m2mAvailable) return { checks: [check] };
-  const seconds = pick(ctx, 4, 2);
+  const seconds = pick(ctx, 3, 2);
   const upstream = await ServerChild.start('upstream');
   const undici = await ServerChild.start('undici-proxy', ['--target', upstream.url]);
   const m2m = await M2mProxy.start({
