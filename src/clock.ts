@@ -9,6 +9,9 @@ export interface Clock {
   clearTimeout(timer: Timer): void;
 }
 
+/** Node's largest timer delay (2^31 − 1 ms); a longer one fires after 1 ms instead. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 /** An opaque timer handle; `unref` lets a timer not keep the process alive. */
 export interface Timer {
   unref?(): unknown;

@@ -1,6 +1,7 @@
 import PQueue from 'p-queue';
-import { type Clock, sleep, type Timer } from '../clock.js';
+import { type Clock, MAX_TIMER_MS, sleep, type Timer } from '../clock.js';
 import type { Config } from '../config/config.js';
+import { Deadlines, type Timed } from '../deadlines.js';
 import { ProxyError } from '../errors.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { LocalSlotStore, slotLimits } from './local-slot-store.js';
@@ -27,9 +28,6 @@ const TIMER_SLACK_MS = 2;
  */
 export const SENT_WAIT_MAX_MS = 1000;
 
-/** Node's largest timer delay (2^31 − 1 ms); a longer one fires after 1 ms instead. */
-const MAX_TIMER_MS = 2_147_483_647;
-
 /** What every pacer needs. */
 export interface PacerOptions {
   clock: Clock;
@@ -52,15 +50,24 @@ export interface QueuePacerOptions extends PacerOptions {
   confirmStarts?: boolean;
 }
 
-/** One request waiting in the FIFO for its slot. */
-interface Entry {
-  readonly deadline: number;
-  /** Clock ms when `acquire` was called, for `m2m_proxy_queue_wait_seconds`. */
-  readonly since: number;
-  readonly resolve: () => void;
-  readonly reject: (error: unknown) => void;
-  settled: boolean;
-  deadlineTimer: Timer | undefined;
+/**
+ * One request in a `QueuePacer`, from admission until it starts or leaves. Up to `queue.max` of
+ * them exist at once, so it carries its own deadline links (one timer serves every deadline)
+ * rather than a timer of its own.
+ */
+class Entry implements Timed<Entry> {
+  /** Neighbours in deadline order, kept by `Deadlines` while the entry is in the FIFO. */
+  earlier: Entry | undefined = undefined;
+  later: Entry | undefined = undefined;
+  settled = false;
+
+  constructor(
+    readonly deadline: number,
+    /** Clock ms when `acquire` was called, for `m2m_proxy_queue_wait_seconds`. */
+    readonly since: number,
+    readonly resolve: () => void,
+    readonly reject: (error: unknown) => void,
+  ) {}
 }
 
 /** `rate_limited` with a `Retry-After` of `delayMs` rounded up to whole seconds, at least 1. */
@@ -167,6 +174,11 @@ abstract class BasePacer {
  * request has started, at most one future reservation is outstanding: a request that leaves
  * wastes at most one slot, and the rest of the queue holds no claim on the budget.
  *
+ * Up to `queue.max` requests wait at once (the benchmark queues 10,000), so what one costs is
+ * kept to p-queue's task (with its listener on the client's signal, the request's only one while
+ * queued), one `Entry`, its promise and the two small closures p-queue is handed; one timer
+ * serves every deadline (`Deadlines`).
+ *
  * Semantics:
  * - Admission: `waiting ≥ queue.max` → `rate_limited` at once. `queue.max: 0` means "no queue":
  *   one request at a time may wait for the token, and it must get a slot at once.
@@ -176,6 +188,7 @@ abstract class BasePacer {
  *   by the store and the request gets `rate_limited` at once (waiting would not help).
  * - A queued (non-head) request whose deadline passes gets `rate_limited`.
  * - `Retry-After` is the store's answer to "when would a start be allowed", never a constant.
+ * - A request whose client aborts leaves at once, wherever it waits.
  * - An aborted head that already holds a reservation leaves its slot unused: the start is
  *   recorded (in Redis it cannot be taken back atomically anyway) and the next head gets the
  *   slot after it. That errs on the side of the upstream's budget.
@@ -183,13 +196,19 @@ abstract class BasePacer {
 export class QueuePacer extends BasePacer implements Pacer {
   private readonly store: SlotStore;
   private readonly fifo = new PQueue({ concurrency: 1 });
-  /** Every request in the FIFO (queued or head), for `close()`. */
-  private readonly entries = new Set<Entry>();
+  /**
+   * Entries in the FIFO whose deadline still applies (all but a head holding a slot); with
+   * `head`, every entry `close()` must reject.
+   */
+  private readonly deadlines: Deadlines<Entry>;
   /** A probe's answer "no start before this clock ms", reused until it passes. */
   private probedFreeAt = Number.NEGATIVE_INFINITY;
   /** The entry whose `serve` is running, and how to wake it early when it leaves. */
   private head: Entry | undefined;
   private wakeHead: (() => void) | undefined;
+  /** Settles when the running `serve` ends, while the next one waits for it (`serve`). */
+  private headDone: Promise<void> | undefined;
+  private endHead: (() => void) | undefined;
   /** Removes the scrape hook of `m2m_proxy_window_remaining`, when one was installed. */
   private readonly stopWindowGauge: (() => void) | undefined;
   private readonly confirmStarts: boolean;
@@ -203,6 +222,7 @@ export class QueuePacer extends BasePacer implements Pacer {
     super(options);
     this.store = options.store;
     this.confirmStarts = options.confirmStarts ?? false;
+    this.deadlines = new Deadlines(this.clock, (entry) => this.expired(entry));
     // Setting the gauge only when a reservation is made leaves it stale while no request comes:
     // after a burst it would read 0 for good, although the window empties `window.length` later.
     // A store that knows the window synchronously is read at every scrape instead.
@@ -237,23 +257,21 @@ export class QueuePacer extends BasePacer implements Pacer {
   }
 
   /** See `Pacer.acquire`. */
-  async acquire(options: AcquireOptions): Promise<void> {
+  acquire(options: AcquireOptions): Promise<void> {
+    // Not `async`: an async function's promise would wrap the entry's for as long as it waits.
     const { deadline, signal, ready } = options;
-    if (this.closed) throw new ProxyError('shutting_down');
-    signal?.throwIfAborted();
-    if (this.count >= this.admitMax) throw rateLimited(await this.probeDelayMs());
+    if (this.closed) return Promise.reject(new ProxyError('shutting_down'));
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.count >= this.admitMax) {
+      return this.probeDelayMs().then((delayMs) => Promise.reject(rateLimited(delayMs)));
+    }
     const since = this.clock.now();
     this.setWaiting(this.count + 1);
-    if (ready) {
-      try {
-        await raceAbort(ready(deadline, signal), signal);
-        if (this.closed) throw new ProxyError('shutting_down');
-      } catch (error) {
-        this.setWaiting(this.count - 1);
-        throw error;
-      }
-    }
-    return this.enqueue(deadline, since, signal);
+    return new Promise<void>((resolve, reject) => {
+      const entry = new Entry(deadline, since, resolve, reject);
+      if (ready) this.afterReady(entry, signal, ready);
+      else this.join(entry, signal);
+    });
   }
 
   /**
@@ -263,53 +281,70 @@ export class QueuePacer extends BasePacer implements Pacer {
   async close(): Promise<void> {
     this.closed = true;
     this.stopWindowGauge?.();
-    for (const entry of this.entries) this.leave(entry, new ProxyError('shutting_down'));
+    for (const entry of this.deadlines.drain()) this.leave(entry, new ProxyError('shutting_down'));
+    if (this.head !== undefined) this.leave(this.head, new ProxyError('shutting_down'));
     this.fifo.clear();
     await this.store.close();
   }
 
-  private enqueue(deadline: number, since: number, signal: AbortSignal | undefined): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const entry: Entry = {
-        deadline,
-        since,
-        resolve,
-        reject,
-        settled: false,
-        deadlineTimer: undefined,
-      };
-      this.entries.add(entry);
-      this.armDeadline(entry);
-      // The client's signal goes to p-queue itself: on abort it removes the queued task (or stops
-      // waiting for the running one) and rejects `add` with the signal's reason, which is this
-      // pacer's only abort listener. One listener per request matters: an `AbortSignal`
-      // listener costs ~0.9 kB, and 10,000 may be queued.
-      const options = signal ? { signal } : {};
-      this.fifo
-        .add(() => this.serve(entry), options)
-        .catch((error: unknown) => this.leave(entry, error));
-    });
+  /**
+   * Joins the FIFO once `ready` resolves. Until then the request has an abort listener of the
+   * pacer's (a `ready` that ignores the signal must not keep an aborted request waiting); it and
+   * the closures here live only as long as `ready` does, not in the entry.
+   */
+  private afterReady(
+    entry: Entry,
+    signal: AbortSignal | undefined,
+    ready: NonNullable<AcquireOptions['ready']>,
+  ): void {
+    let token: Promise<void>;
+    try {
+      token = ready(entry.deadline, signal);
+    } catch (error) {
+      this.leave(entry, error);
+      return;
+    }
+    const onAbort = signal && (() => this.leave(entry, signal.reason));
+    if (onAbort) signal?.addEventListener('abort', onAbort);
+    // Settled meanwhile (aborted): `join` and `leave` do nothing then.
+    token.then(
+      () => {
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
+        this.join(entry, signal);
+      },
+      (error: unknown) => {
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
+        this.leave(entry, error);
+      },
+    );
   }
 
-  /** Rejects a queued entry when its deadline passes (re-armed past Node's timer limit). */
-  private armDeadline(entry: Entry): void {
-    const ms = entry.deadline - this.clock.now();
-    if (!Number.isFinite(ms)) return;
-    entry.deadlineTimer = this.clock.setTimeout(
-      () => {
-        entry.deadlineTimer = undefined;
-        if (entry.settled) return;
-        if (entry.deadline > this.clock.now()) {
-          this.armDeadline(entry);
-          return;
-        }
-        // Settle at once so the entry never starts (p-queue skips it when it comes up); the
-        // Retry-After follows from the store.
-        this.finish(entry);
-        this.probeDelayMs().then((delayMs) => entry.reject(rateLimited(delayMs)), entry.reject);
-      },
-      Math.min(Math.max(0, ms), MAX_TIMER_MS),
-    );
+  /** Appends a ready entry to the FIFO: its task is its turn as the head (`serve`). */
+  private join(entry: Entry, signal: AbortSignal | undefined): void {
+    if (entry.settled) return;
+    if (this.closed) {
+      this.leave(entry, new ProxyError('shutting_down'));
+      return;
+    }
+    this.deadlines.add(entry);
+    // The client's signal goes to p-queue itself, the request's only abort listener from here on:
+    // on abort p-queue removes the queued task at once (or stops waiting for the running one) and
+    // rejects `add` with the signal's reason.
+    this.fifo
+      .add(() => this.serve(entry), signal ? { signal } : undefined)
+      .catch((error: unknown) => this.leave(entry, error));
+  }
+
+  /**
+   * A queued entry's deadline passed: settle it at once so that it never starts (p-queue skips
+   * it when it comes up); the Retry-After follows from the store. Its task stays in p-queue
+   * until then, as p-queue removes tasks only on their signal; deadlines come in nearly the
+   * order of the FIFO, so the head has started or left before those behind it expire.
+   */
+  private expired(entry: Entry): void {
+    if (entry.settled) return;
+    this.finish(entry);
+    this.probeDelayMs().then((delayMs) => entry.reject(rateLimited(delayMs)), entry.reject);
   }
 
   /** Takes the entry out, rejecting it with `reason`: no start will happen for it. Idempotent. */
@@ -322,17 +357,23 @@ export class QueuePacer extends BasePacer implements Pacer {
   /** Marks the entry settled and releases what it holds; wakes it if it is the waiting head. */
   private finish(entry: Entry): void {
     entry.settled = true;
-    this.entries.delete(entry);
-    if (entry.deadlineTimer !== undefined) {
-      this.clock.clearTimeout(entry.deadlineTimer);
-      entry.deadlineTimer = undefined;
-    }
+    this.deadlines.delete(entry);
     if (entry === this.head) this.wakeHead?.();
     this.setWaiting(this.count - 1);
   }
 
   /** The head's turn: reserve a slot, wait for it, start. Runs one at a time (p-queue). */
   private async serve(entry: Entry): Promise<void> {
+    // p-queue ends an aborted head's task at once and starts the next, while that head's `serve`
+    // may still await the store: the next waits for it, so that at most one reservation is
+    // outstanding and one `serve` at a time owns `head` and the wake-ups.
+    while (this.head !== undefined && !entry.settled) {
+      this.headDone ??= new Promise<void>((resolve) => {
+        this.endHead = resolve;
+      });
+      await this.headDone;
+    }
+    if (entry.settled) return;
     this.head = entry;
     try {
       while (!entry.settled) {
@@ -360,12 +401,9 @@ export class QueuePacer extends BasePacer implements Pacer {
           this.leave(entry, rateLimited(reservation.delayMs));
           return;
         }
-        // The slot is within the deadline: the deadline timer must not reject a request that
-        // holds one (it would fire at the same instant as the start).
-        if (entry.deadlineTimer !== undefined) {
-          this.clock.clearTimeout(entry.deadlineTimer);
-          entry.deadlineTimer = undefined;
-        }
+        // The slot is within the deadline: the deadline must not reject a request that holds
+        // one (it would fire at the same instant as the start).
+        this.deadlines.delete(entry);
         // A delay from now, as the store answered (the Redis store converts its server's clock).
         const reservedAt = this.clock.now() + reservation.delayMs;
         await this.sleepUntil(entry, reservedAt);
@@ -386,6 +424,10 @@ export class QueuePacer extends BasePacer implements Pacer {
       }
     } finally {
       this.head = undefined;
+      const endHead = this.endHead;
+      this.headDone = undefined;
+      this.endHead = undefined;
+      endHead?.();
     }
   }
 

@@ -2,6 +2,7 @@ import type { Clock, Timer } from '../clock.js';
 import type { Config } from '../config/config.js';
 import type { ClientCredentials } from '../credentials/credentials.js';
 import type { Secret } from '../credentials/secret.js';
+import { Deadlines, type Timed } from '../deadlines.js';
 import { ProxyError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -31,9 +32,22 @@ interface Held {
   readonly expiresAt: number;
 }
 
-interface Waiter {
-  resolve: () => void;
-  reject: (err: unknown) => void;
+/**
+ * A request waiting for a token. Every request queued at start-up (or after an expiry) has one,
+ * so it carries its own deadline links: one timer serves all waiters (`Deadlines`).
+ */
+class Waiter implements Timed<Waiter> {
+  earlier: Waiter | undefined = undefined;
+  later: Waiter | undefined = undefined;
+  /** The listener on `signal`, while installed. */
+  onAbort: (() => void) | undefined = undefined;
+
+  constructor(
+    readonly deadline: number,
+    readonly signal: AbortSignal | undefined,
+    readonly resolve: () => void,
+    readonly reject: (err: unknown) => void,
+  ) {}
 }
 
 /**
@@ -55,11 +69,15 @@ export class TokenManager {
   #rejections = 0;
   #lastRejectionAt = 0;
   #stopped = false;
-  readonly #waiters = new Set<Waiter>();
+  /** Requests waiting for a token, by deadline; at its deadline one gets `token_unavailable`. */
+  readonly #waiters: Deadlines<Waiter>;
   readonly #random: () => number;
 
   constructor(private readonly deps: TokenManagerDeps) {
     this.#random = deps.random ?? Math.random;
+    this.#waiters = new Deadlines(deps.clock, (waiter) =>
+      this.#reject(waiter, new ProxyError('token_unavailable')),
+    );
   }
 
   /** Fetches the first token in the background. */
@@ -85,29 +103,31 @@ export class TokenManager {
   waitForToken(deadline: number, signal?: AbortSignal): Promise<void> {
     if (this.current()) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      const finish = () => {
-        this.deps.clock.clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        this.#waiters.delete(waiter);
-      };
-      const waiter: Waiter = {
-        resolve: () => {
-          finish();
-          resolve();
-        },
-        reject: (err) => {
-          finish();
-          reject(err);
-        },
-      };
-      const onAbort = () => waiter.reject(signal?.reason);
-      const timer = this.deps.clock.setTimeout(
-        () => waiter.reject(new ProxyError('token_unavailable')),
-        deadline - this.deps.clock.now(),
-      );
-      signal?.addEventListener('abort', onAbort, { once: true });
+      const waiter = new Waiter(deadline, signal, resolve, reject);
+      if (signal) this.#listen(waiter, signal);
       this.#waiters.add(waiter);
     });
+  }
+
+  /** Made apart from `waitForToken` so that the closure holds only what it needs. */
+  #listen(waiter: Waiter, signal: AbortSignal): void {
+    waiter.onAbort = () => {
+      this.#waiters.delete(waiter);
+      this.#reject(waiter, signal.reason);
+    };
+    signal.addEventListener('abort', waiter.onAbort, { once: true });
+  }
+
+  /** Removes the waiter's abort listener; it has left `#waiters` and is about to settle. */
+  #unlisten(waiter: Waiter): void {
+    if (waiter.onAbort === undefined) return;
+    waiter.signal?.removeEventListener('abort', waiter.onAbort);
+    waiter.onAbort = undefined;
+  }
+
+  #reject(waiter: Waiter, err: unknown): void {
+    this.#unlisten(waiter);
+    waiter.reject(err);
   }
 
   /**
@@ -165,7 +185,7 @@ export class TokenManager {
     this.#stopped = true;
     this.#clear();
     if (this.#expiryTimer) this.deps.clock.clearTimeout(this.#expiryTimer);
-    for (const w of this.#waiters) w.reject(new ProxyError('token_unavailable'));
+    for (const w of this.#waiters.drain()) this.#reject(w, new ProxyError('token_unavailable'));
   }
 
   async #fetch(): Promise<void> {
@@ -197,7 +217,10 @@ export class TokenManager {
     });
     this.#timer = this.#unref(clock.setTimeout(() => void this.renew(), Math.max(0, renewIn)));
     this.#armExpiry(expiresAt);
-    for (const w of this.#waiters) w.resolve();
+    for (const w of this.#waiters.drain()) {
+      this.#unlisten(w);
+      w.resolve();
+    }
   }
 
   #failed(err: unknown): void {

@@ -175,6 +175,36 @@ describe('TokenManager', () => {
     expect(source.calls).toHaveLength(1);
   });
 
+  it('waiters leave at their own deadline or when their client aborts; the rest get the token', async () => {
+    const { source, manager } = setup();
+    source.outcomes = [failure()]; // the first token comes with the retry, after 1 s
+    manager.start();
+    const now = Date.now();
+    const outcome = (p: Promise<void>) =>
+      p.then(
+        () => `ok@${Date.now() - now}`,
+        (e: unknown) =>
+          `${e instanceof ProxyError ? e.code : (e as Error).message}@${Date.now() - now}`,
+      );
+    const client = new AbortController();
+    const all = [
+      outcome(manager.waitForToken(now + 5000)),
+      outcome(manager.waitForToken(now + 300)),
+      outcome(manager.waitForToken(now + 5000, client.signal)),
+      outcome(manager.waitForToken(now + 200)),
+    ];
+    await vi.advanceTimersByTimeAsync(100);
+    client.abort(new Error('gone'));
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(await Promise.all(all)).toEqual([
+      expect.stringMatching(/^ok@1\d\d\d$/),
+      'token_unavailable@300',
+      'gone@100',
+      'token_unavailable@200',
+    ]);
+    expect(vi.getTimerCount()).toBe(2); // the renewal and the expiry: no waiter timer is left
+  });
+
   it('renews once however many requests saw the same 401', async () => {
     const { source, manager } = setup();
     source.latency = 100;

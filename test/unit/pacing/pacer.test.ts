@@ -169,6 +169,47 @@ describe('QueuePacer: admission, deadline, abort', () => {
     expect(store.granted).toEqual([T0, T0 + 1000, T0 + 2000]);
   });
 
+  it('rejects each queued request at its own deadline when deadlines are not in queue order', async () => {
+    // A request whose body (or token) took longer joins behind later arrivals with an earlier
+    // deadline; one timer serves all deadlines, so it must still fire at each.
+    const { pacer } = setup({ perSecond: 0.1 });
+    await pacer.acquire({ deadline: FOREVER }); // T0
+    const b = track(pacer.acquire({ deadline: FOREVER })); // head: T0 + 10 s
+    const c = track(pacer.acquire({ deadline: T0 + 3000 }));
+    const d = track(pacer.acquire({ deadline: T0 + 1000 }));
+    const e = track(pacer.acquire({ deadline: T0 + 2000 }));
+    const f = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(5000);
+    expect([d.at, e.at, c.at]).toEqual([T0 + 1000, T0 + 2000, T0 + 3000]);
+    for (const t of [c, d, e]) retryAfterOf(t.error);
+    expect(pacer.waiting).toBe(2);
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect([b.at, f.at]).toEqual([T0 + 10_000, T0 + 20_000]);
+  });
+
+  it('keeps the next head from reserving until an aborted head has its answer from the store', async () => {
+    // p-queue moves on as soon as the head's signal aborts; the store (Redis) may still be
+    // answering that head. The next head must wait for that answer: one reservation at a time.
+    const { pacer, store } = setup({ perSecond: 1 });
+    const answer = store.reserve.bind(store);
+    const asked: number[] = [];
+    store.reserve = async (maxDelayMs, notBeforeMs) => {
+      asked.push(Date.now() - T0);
+      await new Promise((resolve) => setTimeout(resolve, 50)); // one round trip
+      return answer(maxDelayMs, notBeforeMs);
+    };
+    const client = new AbortController();
+    const b = track(pacer.acquire({ deadline: FOREVER, signal: client.signal }));
+    const c = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(10);
+    client.abort(new Error('gone'));
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(b.state).toBe('rejected');
+    expect(asked).toEqual([0, 50]);
+    expect(c.at).toBe(T0 + 1050); // the slot after b's unused one (T0 + 50, when it was answered)
+    expect(pacer.waiting).toBe(0);
+  });
+
   it('rejects at once when the signal is already aborted', async () => {
     const { pacer } = setup();
     const reason = new Error('already gone');
