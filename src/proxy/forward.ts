@@ -95,9 +95,9 @@ export class Forwarder {
 
 /**
  * One attempt as an undici dispatch handler: the response goes from undici's parser to `res`
- * without the `stream()` API's Writable plumbing (a quarter of the forwarding CPU it cost). Its
- * promise settles exactly once: at the end of the response, at the first error, or at the
- * cancellation (at once, even while undici is still connecting).
+ * without the `stream()` API's Writable plumbing (~15 % of the instructions per forwarded
+ * request under callgrind). Its promise settles exactly once: at the end of the response, at the
+ * first error, or at the cancellation (at once, even while undici is still connecting).
  */
 class Exchange implements Dispatcher.DispatchHandler {
   timer: NodeJS.Timeout | undefined;
@@ -105,6 +105,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   #resume: (() => void) | undefined;
   #attempt: Attempt | undefined;
   #settled = false;
+  /** `out.onWire` was called (once per attempt). */
+  #wired = false;
   readonly #sentAt = performance.now();
 
   constructor(
@@ -176,8 +178,6 @@ class Exchange implements Dispatcher.DispatchHandler {
       this.reject(err); // the response had begun: nothing to replace it
     else this.reject(new ProxyError('upstream_unreachable', undefined, { cause: err }));
   }
-
-  #wired = false;
 
   #onWire(): void {
     if (this.#wired) return;
