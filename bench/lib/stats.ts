@@ -1,4 +1,5 @@
 /** Small statistics the runs share. Times are in milliseconds unless a name says otherwise. */
+import { round } from './context.js';
 
 export function median(values: readonly number[]): number {
   return quantile(values, 0.5);
@@ -93,4 +94,18 @@ export function histogramQuantile(
 export function metricValue(text: string, name: string): number | undefined {
   const m = new RegExp(`^${name}(?:\\{\\})?\\s+(\\S+)`, 'm').exec(text);
   return m?.[1] === undefined ? undefined : Number(m[1]);
+}
+
+/** The two figures of "never more than perSecond starts in any sliding second" for a run. */
+export interface SecondStats {
+  maxInAnySecond: number;
+  minGapMs: number;
+}
+
+/** `SecondStats` of sorted arrival times (ms); the gap rounded to 0.01 ms. */
+export function secondStats(sortedTimes: readonly number[]): SecondStats {
+  return {
+    maxInAnySecond: maxInWindow(sortedTimes, 1000),
+    minGapMs: round(minGap(sortedTimes)),
+  };
 }

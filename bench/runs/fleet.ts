@@ -13,7 +13,13 @@ import { type Ctx, pick, round, sleep, type TargetCheck } from '../lib/context.j
 import { load } from '../lib/load.js';
 import { M2mProxy } from '../lib/m2m.js';
 import { ServerChild } from '../lib/processes.js';
-import { achievedRate, histogramQuantile, maxInWindow, metricValue, minGap } from '../lib/stats.js';
+import {
+  achievedRate,
+  histogramQuantile,
+  metricValue,
+  type SecondStats,
+  secondStats,
+} from '../lib/stats.js';
 
 export interface FleetResult {
   replicas: number;
@@ -31,7 +37,7 @@ export interface FleetResult {
   maxInAnySecond: number;
   minGapMs: number;
   /** The upstream handler's own record, for comparison (it adds its scheduling delays). */
-  handler: { maxInAnySecond: number; minGapMs: number };
+  handler: SecondStats;
   /** The largest of the replicas' reservation round-trip p99s, ms. */
   redisRoundTripP99Ms: number | undefined;
   /** Each replica's reservation round-trip p99, ms. */
@@ -163,9 +169,8 @@ export async function runFleet(
       achievedPerSecond: round(achieved, 3),
       achievedShare: round(achieved / PER_SECOND, 4),
       measuredAt,
-      maxInAnySecond: maxInWindow(seen, 1000),
-      minGapMs: round(minGap(seen)),
-      handler: { maxInAnySecond: maxInWindow(arrivals, 1000), minGapMs: round(minGap(arrivals)) },
+      ...secondStats(seen),
+      handler: secondStats(arrivals),
       redisRoundTripP99Ms: known.length > 0 ? Math.max(...known) : undefined,
       redisRoundTripP99MsPerReplica: p99s,
       redisRoundTripP50MsPerReplica: p50s,

@@ -11,7 +11,13 @@ import { type Ctx, pick, round, type TargetCheck } from '../lib/context.js';
 import { load } from '../lib/load.js';
 import { M2mProxy } from '../lib/m2m.js';
 import { ServerChild } from '../lib/processes.js';
-import { achievedRate, histogramQuantile, maxInWindow, minGap } from '../lib/stats.js';
+import {
+  achievedRate,
+  histogramQuantile,
+  maxInWindow,
+  type SecondStats,
+  secondStats,
+} from '../lib/stats.js';
 
 export interface PacingResult {
   rate: {
@@ -27,7 +33,7 @@ export interface PacingResult {
     maxInAnySecond: number;
     minGapMs: number;
     /** The upstream handler's own record, for comparison (it adds its scheduling delays). */
-    handler: { maxInAnySecond: number; minGapMs: number };
+    handler: SecondStats;
     queueWaitP99S: number | undefined;
     clientLatencyP99S: number;
     expectedWaitS: number;
@@ -126,9 +132,8 @@ export async function runPacing(
         achievedPerSecond: round(achieved, 3),
         achievedShare: round(achieved / perSecond, 4),
         measuredAt,
-        maxInAnySecond: maxInWindow(seen, 1000),
-        minGapMs: round(minGap(seen)),
-        handler: { maxInAnySecond: maxInWindow(a, 1000), minGapMs: round(minGap(a)) },
+        ...secondStats(seen),
+        handler: secondStats(a),
         queueWaitP99S: (() => {
           const q = histogramQuantile(metrics, 'm2m_proxy_queue_wait_seconds', 0.99);
           return q === undefined ? undefined : round(q, 3);
