@@ -23,7 +23,9 @@ export class ClockOffset {
    */
   localTimeOf(remoteAt: number, sentAt: number, receivedAt: number, reading: number): number {
     this.#add(sentAt, receivedAt, reading);
-    return remoteAt - this.#offsetMs + this.#boundMs;
+    // This round trip alone bounds it too: the reading was taken before the answer arrived. The
+    // smaller of two bounds that are both never early (a start Redis granted "now" is due now).
+    return Math.min(receivedAt + (remoteAt - reading), remoteAt - this.#offsetMs + this.#boundMs);
   }
 
   #add(sentAt: number, receivedAt: number, remoteAt: number): void {

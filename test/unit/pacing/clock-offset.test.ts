@@ -9,6 +9,14 @@ describe('ClockOffset', () => {
     expect(new ClockOffset().localTimeOf(5000, 10, 14, 1012)).toBe(4002);
   });
 
+  it('puts a start the remote granted for its "now" no later than the answer', () => {
+    const offset = new ClockOffset();
+    offset.localTimeOf(0, 0, 1, 1000.5); // 1000 ± 0.5
+    // Read at the very end of a trip (local 104): the estimate alone would say 104.5, after the
+    // answer arrived, although the start was due when the remote answered.
+    expect(offset.localTimeOf(1104, 100, 104, 1104)).toBe(104);
+  });
+
   it('keeps the tighter sample: one slow round trip does not move the estimate', () => {
     const offset = new ClockOffset();
     offset.localTimeOf(0, 0, 1, 1000.5); // 1 ms round trip: 1000 ± 0.5
