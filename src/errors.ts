@@ -1,5 +1,5 @@
 /**
- * The catalogue of responses m2m-proxy makes itself (CONTRACT.md, "The proxy's own errors").
+ * The catalogue of responses m2m-proxy makes itself (docs/behaviour.md, "The proxy's own errors").
  * The handler, the `m2m_proxy_requests_rejected_total{reason}` label and the README table all
  * come from this one table; a test checks the README lists every code.
  */

@@ -14,7 +14,7 @@ import {
 } from './credentials/credentials.js';
 import { createLogger } from './log/logger.js';
 
-/** Exit statuses of CONTRACT.md, "Command line". */
+/** Exit statuses (docs/behaviour.md, "Command line"). */
 const EXIT = { ok: 0, unexpected: 1, config: 2 } as const;
 
 const USAGE = 'usage: m2m-proxy [--config FILE] [--check]';

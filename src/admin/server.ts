@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client';
 export type ReadinessProbe = () => string | undefined;
 
 /**
- * The admin port (CONTRACT.md, "Admin port"): `/metrics` in Prometheus text format, `/healthz`
+ * The admin port (docs/behaviour.md, "Admin port"): `/metrics` in Prometheus text format, `/healthz`
  * (the process runs) and `/readyz` (a valid token is held and the proxy is not shutting down).
  * It serves nothing else and never anything secret.
  */

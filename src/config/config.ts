@@ -12,7 +12,7 @@ import {
 
 const port = () => number({ integer: true, min: 0, max: 65535 });
 
-/** The configuration file's shape and defaults (CONTRACT.md, "Configuration"). */
+/** The configuration file's shape and defaults (docs/configuration.md). */
 export const configSchema = object({
   listen: object({ host: string().default('127.0.0.1'), port: port().default(8080) }),
   admin: object({ host: string().default('0.0.0.0'), port: port().default(9090) }),

@@ -2,7 +2,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 
 /**
  * Every metric m2m-proxy exports, registered on one injected `Registry`. The names and labels of
- * the first block are fixed by CONTRACT.md ("Metrics"); dashboards and alerts depend on them.
+ * the first block are fixed (docs/metrics.md); dashboards and alerts depend on them.
  */
 export class Metrics {
   readonly registry: Registry;
@@ -93,7 +93,7 @@ export class Metrics {
 }
 
 /**
- * Metrics of the shared (Redis) pacing budget (issue 7, `rateLimit.shared`). A second class so
+ * Metrics of the shared (Redis) pacing budget (`rateLimit.shared`, docs/fleet.md). A second class so
  * that they are registered only when a shared budget is configured: a proxy without Redis must
  * not export `m2m_proxy_shared_budget_up 0`, which would read as "Redis is down".
  */

@@ -27,7 +27,7 @@ export interface FallbackSlotStoreOptions {
 
 /**
  * Reserves in the shared budget while Redis answers and in a local budget while it does not
- * (CONTRACT.md, "Pacing": no request fails because Redis is down).
+ * (docs/fleet.md, "When Redis is unreachable": no request fails because Redis is down).
  *
  * The first failed call (error, timeout or lost connection) switches to local pacing and logs
  * one `shared_budget_down` warning; the failed reservation is retried locally at once. While

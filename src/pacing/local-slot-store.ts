@@ -32,7 +32,7 @@ export function slotLimits(rateLimit: Config['rateLimit'], factor = 1): SlotLimi
 
 /**
  * The exact limiter of one process: a token bucket and a sliding window over the record of
- * start times, both in memory (CONTRACT.md, "Pacing").
+ * start times, both in memory (docs/pacing.md, "The model").
  *
  * - Token bucket as GCRA (the "virtual scheduling" form of ITU-T I.371): one number, the
  *   theoretical arrival time `tat`. A start at `t` is allowed when `t ≥ tat − (burst − 1) × I`

@@ -165,7 +165,7 @@ abstract class BasePacer {
 }
 
 /**
- * Paces request starts exactly (CONTRACT.md, "Pacing"): a FIFO of waiting requests on a
+ * Paces request starts exactly (docs/pacing.md): a FIFO of waiting requests on a
  * concurrency-1 `p-queue`, where only the head asks the `SlotStore` for a start time.
  *
  * p-queue provides the FIFO and removal of aborted entries; its own `interval`/`intervalCap`
@@ -559,7 +559,7 @@ export class PassThroughPacer extends BasePacer implements Pacer {
 export interface PacerDeps {
   clock: Clock;
   metrics: Metrics;
-  /** The fleet's shared store (issue 7); without it, a `LocalSlotStore` is made. */
+  /** The fleet's shared store (docs/fleet.md); without it, a `LocalSlotStore` is made. */
   store?: SlotStore;
 }
 

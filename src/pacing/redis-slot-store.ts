@@ -75,7 +75,7 @@ export class SharedBudgetError extends Error {
 }
 
 /**
- * The fleet's budget in Redis (issue 7): every replica with the same `key` reserves its start
+ * The fleet's budget in Redis (docs/fleet.md): every replica with the same `key` reserves its start
  * times through one atomic Lua script that uses Redis `TIME`, so pod clocks do not matter.
  *
  * Fails fast while Redis is unreachable (no offline queue, no retry of a sent reservation,

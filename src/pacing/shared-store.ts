@@ -33,7 +33,7 @@ export interface SharedStoreDeps {
 }
 
 /**
- * The `SlotStore` for `rateLimit.shared` (issue 7): the fleet's budget in Redis, falling back to
+ * The `SlotStore` for `rateLimit.shared` (docs/fleet.md): the fleet's budget in Redis, falling back to
  * `localStoreFactory(slotLimits(rateLimit, shared.fallback))` (`fallback` × the limits, never
  * rounded to "off") while Redis is unreachable. Registers the shared-budget metrics on
  * `deps.registry`. Connects at once, in the background; throws only when the password file

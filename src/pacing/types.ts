@@ -17,7 +17,7 @@ export interface AcquireOptions {
   ready?: (deadline: number, signal?: AbortSignal) => Promise<void>;
 }
 
-/** Gatekeeper of request starts towards the upstream (CONTRACT.md, "Pacing"). */
+/** Gatekeeper of request starts towards the upstream (docs/pacing.md). */
 export interface Pacer {
   /**
    * Resolves when the request may start now; the start is recorded. Rejects with

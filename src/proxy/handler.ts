@@ -38,7 +38,7 @@ export interface HandlerDeps {
 }
 
 /**
- * The proxy port's request handler (CONTRACT.md, "Forwarding" and "The proxy's own errors"):
+ * The proxy port's request handler (docs/behaviour.md, "Forwarding" and "The proxy's own errors"):
  * validate the target → wait for a token and a pacing slot (one deadline) → forward with the
  * bearer → on a 401 renew once and replay once. Every request ends in a response or, when the
  * client left, in nothing sent upstream.

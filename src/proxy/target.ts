@@ -1,5 +1,5 @@
 /**
- * Maps a request target onto the upstream (CONTRACT.md, "Forwarding"): only origin-form targets
+ * Maps a request target onto the upstream (docs/behaviour.md, "Forwarding"): only origin-form targets
  * (`/path?query`) are accepted, and no path segment may climb above the upstream's prefix,
  * whatever encoding hides it.
  */

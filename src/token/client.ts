@@ -14,7 +14,7 @@ export interface IssuedToken {
   readonly lifetimeMs: number | undefined;
 }
 
-/** The failure classes of CONTRACT.md's `m2m_proxy_token_refresh_failures_total{reason}`. */
+/** The failure classes of `m2m_proxy_token_refresh_failures_total{reason}` (docs/metrics.md). */
 export type FailureReason =
   | 'timeout'
   | 'network'

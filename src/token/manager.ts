@@ -11,7 +11,7 @@ import { type IssuedToken, TokenRequestError, type TokenSource } from './client.
 /**
  * Lifetime assumed when the provider gives neither `expires_in` nor a JWT `exp`. Five minutes is
  * short enough that a token is renewed well before any common provider's expiry (Okta, Entra ID,
- * Auth0 issue 1 h); if the real lifetime is shorter, the upstream's 401 triggers a renewal anyway.
+ * Auth0: 1 h); if the real lifetime is shorter, the upstream's 401 triggers a renewal anyway.
  */
 export const DEFAULT_LIFETIME_MS = 5 * 60_000;
 
@@ -51,7 +51,7 @@ class Waiter implements Timed<Waiter> {
 }
 
 /**
- * Holds exactly one access token and keeps it fresh (CONTRACT.md, "Token lifecycle").
+ * Holds exactly one access token and keeps it fresh (docs/behaviour.md, "Token lifecycle").
  *
  * - Renewal is scheduled at the earlier of `refreshAt × lifetime` and `expiry − minRemaining`.
  * - At most one token request is in flight, whatever the demand (`#renewal` is the single flight).

@@ -1,7 +1,7 @@
 /**
  * The metric names the Helm chart's alerts (PrometheusRule) and Grafana dashboard may use: the
- * fixed names of CONTRACT.md ("Metrics") plus those the proxy adds (window budget, issue #7's
- * shared budget). Histograms are listed by their base name; `_bucket`, `_sum` and `_count` are
+ * fixed names (docs/metrics.md) plus those the proxy adds (window budget, the fleet's shared
+ * budget). Histograms are listed by their base name; `_bucket`, `_sum` and `_count` are
  * derived from it.
  *
  * The chart tests check that every `m2m_proxy_*` identifier in the rules and the dashboard is in

@@ -261,7 +261,7 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 
 {{/* ============================== the proxy's configuration ============================== */}}
 
-{{/* m2m-proxy.yaml (CONTRACT.md "Configuration"), in the contract's key order. */}}
+{{/* m2m-proxy.yaml (docs/configuration.md), in its key order. */}}
 {{- define "m2m-proxy.configYaml" -}}
 {{- $v := .Values -}}
 {{- $files := include "m2m-proxy.credentialFiles" . | fromJson -}}
@@ -289,7 +289,7 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 {{- end -}}
 {{- $_ := set $rateLimit "shared" $shared -}}
 {{- end -}}
-# Rendered by the m2m-proxy Helm chart from its values; see CONTRACT.md "Configuration".
+# Rendered by the m2m-proxy Helm chart from its values; see docs/configuration.md in the m2m-proxy repository.
 listen:
   {{- toYaml (dict "host" $v.listen.host "port" $v.listen.port) | nindent 2 }}
 admin:
