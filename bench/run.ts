@@ -19,6 +19,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import type { Ctx, TargetCheck } from './lib/context.js';
+import { withResults } from './lib/docs.js';
 import { mainJs, profDir, repoRoot } from './lib/m2m.js';
 import { nginxVersion } from './lib/nginx.js';
 import { capture, ServerChild } from './lib/processes.js';
@@ -192,6 +193,12 @@ async function main(): Promise<void> {
   ].join('\n');
   writeFileSync(`${base}.md`, md);
   console.log(`Wrote ${base}.json, .md${overhead ? ', .svg' : ''}`);
+  if (!quick && !partial) {
+    // The docs show exactly these tables (docs/benchmarks.md, between its markers).
+    const page = join(repoRoot, 'docs', 'benchmarks.md');
+    writeFileSync(page, withResults(readFileSync(page, 'utf8'), md));
+    console.log(`Wrote the results into ${page}`);
+  }
 
   if (errors.length > 0) process.exitCode = 1;
   if (process.env.BENCH_STRICT === '1' && checks.some((c) => c.pass === false)) {

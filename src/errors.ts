@@ -1,7 +1,7 @@
 /**
  * The catalogue of responses m2m-proxy makes itself (docs/behaviour.md, "The proxy's own errors").
- * The handler, the `m2m_proxy_requests_rejected_total{reason}` label and the README table all
- * come from this one table; a test checks the README lists every code.
+ * The handler, the `m2m_proxy_requests_rejected_total{reason}` label and the docs table all
+ * come from this one table; a test checks docs/behaviour.md lists every code.
  */
 export const PROXY_ERRORS = {
   bad_request: { status: 400, message: 'The request cannot be forwarded.' },
