@@ -24,3 +24,22 @@ export function withResults(page: string, latestMd: string): string {
   const body = latestMd.endsWith('\n') ? latestMd : `${latestMd}\n`;
   return `${page.slice(0, begin + RESULTS_BEGIN.length)}\n${body}${page.slice(end)}`;
 }
+
+/**
+ * The Markdown with table padding removed (`| a   |` → `| a |`, `| ---: |` kept as `---:`): the
+ * page is formatted by Biome, which pads table cells, while latest.md is written compact.
+ */
+export function withoutTablePadding(markdown: string): string {
+  return markdown
+    .split('\n')
+    .map((line) =>
+      line.startsWith('|')
+        ? line
+            .split(/(?<!\\)\|/)
+            .map((cell) => cell.trim().replace(/^(:?)-{3,}(:?)$/, '$1---$2'))
+            .join(' | ')
+            .trim()
+        : line,
+    )
+    .join('\n');
+}
