@@ -24,7 +24,7 @@ LABEL org.opencontainers.image.title="m2m-proxy" \
       org.opencontainers.image.description="Sidecar reverse proxy: OAuth2 client-credentials token injection and request pacing" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/m2m-proxy/m2m-proxy" \
-      org.opencontainers.image.documentation="https://github.com/m2m-proxy/m2m-proxy#run-it-in-kubernetes"
+      org.opencontainers.image.documentation="https://github.com/m2m-proxy/m2m-proxy/blob/main/docs/kubernetes.md"
 WORKDIR /app
 ENV NODE_ENV=production \
     M2M_PROXY_CONFIG=/etc/m2m-proxy/m2m-proxy.yaml

@@ -1,4 +1,4 @@
-/** Tables for the terminal and for Markdown (README.md, "Benchmarks"), from one list of rows. */
+/** Tables for the terminal and for Markdown (docs/benchmarks.md), from one list of rows. */
 import type { TargetCheck } from './context.js';
 
 type Row = readonly (string | number)[];

@@ -1,5 +1,5 @@
 /**
- * The chart for the README: req/s (left) and p99 latency (right) per target, GET and POST side
+ * The chart for docs/benchmarks.md: req/s (left) and p99 latency (right) per target, GET and POST side
  * by side, as a hand-written SVG (no charting dependency for two bar groups).
  */
 

@@ -93,7 +93,7 @@ export class Metrics {
 }
 
 /**
- * Metrics of the shared (Redis) pacing budget (`rateLimit.shared`, docs/fleet.md). A second class so
+ * Metrics of the shared (Redis) pacing budget (`rateLimit.shared`). A second class so
  * that they are registered only when a shared budget is configured: a proxy without Redis must
  * not export `m2m_proxy_shared_budget_up 0`, which would read as "Redis is down".
  */

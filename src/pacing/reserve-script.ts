@@ -2,7 +2,8 @@ import type { SlotLimits } from './types.js';
 
 /**
  * The atomic reservation of the shared (fleet) budget: one Lua script, one round trip per
- * reservation, Redis server time. README.md, "Several replicas", explains the algorithm and why it is exact.
+ * reservation, Redis server time. docs/fleet.md, "The reservation script", explains the
+ * algorithm and why it is exact.
  *
  * Units inside the script are integer microseconds since the epoch (Redis `TIME`), so that a
  * fractional rate such as 6/s (166 666.67 µs apart) loses nothing that matters and every number
