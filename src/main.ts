@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startApp } from './app.js';
@@ -17,7 +18,19 @@ import { createLogger } from './log/logger.js';
 /** Exit statuses of CONTRACT.md, "Command line". */
 const EXIT = { ok: 0, unexpected: 1, config: 2 } as const;
 
-const USAGE = 'usage: m2m-proxy [--config FILE] [--check]';
+const USAGE = 'usage: m2m-proxy [--config FILE] [--check] [--version]';
+
+/** The version in the package's `package.json` (beside `dist/` and `src/`, also in the image). */
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+      version?: unknown;
+    };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
 
 /**
  * The command line. The only module that reads `process.env` and `process.argv`: the rest
@@ -28,6 +41,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     config?: string | undefined;
     check?: boolean | undefined;
     help?: boolean | undefined;
+    version?: boolean | undefined;
   };
   try {
     args = parseArgs({
@@ -36,6 +50,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
         config: { type: 'string' },
         check: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
       },
       strict: true,
     }).values;
@@ -45,6 +60,10 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   }
   if (args.help) {
     process.stdout.write(`${USAGE}\n`);
+    return EXIT.ok;
+  }
+  if (args.version) {
+    process.stdout.write(`m2m-proxy ${packageVersion()}\n`);
     return EXIT.ok;
   }
   const file = resolve(args.config ?? env.M2M_PROXY_CONFIG ?? 'config/m2m-proxy.yaml');
@@ -73,7 +92,14 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   }
 
   const logger = createLogger(config.log.level);
-  const app = await startApp({ config, credentials, redisPassword, env, logger });
+  const app = await startApp({
+    config,
+    credentials,
+    redisPassword,
+    env,
+    logger,
+    version: packageVersion(),
+  });
   await new Promise<void>((done) => {
     const stop = (signal: NodeJS.Signals) => {
       logger.info({ event: 'signal', signal });

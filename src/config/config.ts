@@ -65,6 +65,17 @@ export const configSchema = object({
       fallback: number({ positive: true, max: 1 }).default(0.25),
     }).optionalKey(),
   }),
+  /**
+   * What one process holds for its clients (docs/configuration.md, "limits"): open connections
+   * on the proxy port, how long a client may take to send its headers and a kept (replayable)
+   * body, and the memory all kept bodies may hold together.
+   */
+  limits: object({
+    connections: number({ integer: true, min: 1 }).default(1024),
+    headersTimeout: duration({ positive: true }).default(10_000),
+    bodyTimeout: duration({ positive: true }).default(10_000),
+    replayBytes: number({ integer: true, min: 0 }).default(16 * 1024 * 1024),
+  }),
   log: object({
     level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const).default(
       'info',

@@ -37,6 +37,12 @@ export interface Outgoing {
   onWire: () => void;
 }
 
+/** How much later than `upstream.timeout` undici's own header and body timers fire. */
+const UNDICI_TIMEOUT_SLACK_MS = 1000;
+
+/** Undici's errors that mean "the upstream was too slow", not "unreachable". */
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+
 /** The cancellation reason of an upstream that took longer than `upstream.timeout`. */
 const TIMED_OUT = Symbol('upstream timeout');
 
@@ -54,10 +60,11 @@ export class Forwarder {
     this.#pool =
       dispatcher ??
       new Pool(origin, {
-        // A whole-response timer in `send` enforces upstream.timeout; these keep undici's own
-        // (longer) defaults from firing first or later than ours.
-        headersTimeout: config.timeout,
-        bodyTimeout: config.timeout,
+        // A whole-response timer in `send` enforces upstream.timeout. Undici's own timers sit a
+        // second behind it, so they never race it at the boundary (its errors are timeouts too,
+        // see `#fail`); undici's defaults (300 s) would keep a stuck socket far longer.
+        headersTimeout: config.timeout + UNDICI_TIMEOUT_SLACK_MS,
+        bodyTimeout: config.timeout + UNDICI_TIMEOUT_SLACK_MS,
         ...(config.caFile ? { connect: { ca: readFileSync(config.caFile, 'utf8') } } : {}),
       });
   }
@@ -172,7 +179,12 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#settled) return;
     this.#finish();
     const { cancel } = this;
-    if (cancel.reason === TIMED_OUT) this.reject(new ProxyError('upstream_timeout'));
+    const timedOut =
+      cancel.reason === TIMED_OUT ||
+      (!cancel.cancelled && TIMEOUT_CODES.has((err as { code?: string } | undefined)?.code ?? ''));
+    // A timeout is a timeout whichever timer saw it first: the class of the answer must not
+    // depend on which of two timers set to the same instant fires first.
+    if (timedOut) this.reject(new ProxyError('upstream_timeout'));
     else if (cancel.cancelled) this.reject(cancel.reason);
     else if (this.#attempt)
       this.reject(err); // the response had begun: nothing to replace it
