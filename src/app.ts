@@ -5,7 +5,7 @@ import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
 import { createAdminServer } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
-import type { Config } from './config/config.js';
+import { type Config, displayUrl } from './config/config.js';
 import {
   type ClientCredentials,
   credentialFiles,
@@ -176,18 +176,26 @@ export async function startApp(deps: AppDeps): Promise<App> {
     return undefined;
   });
 
-  tokens.start();
-  await Promise.all([
-    listen(proxy, config.listen.host, config.listen.port),
-    listen(admin, config.admin.host, config.admin.port),
+  const bound = await Promise.allSettled([
+    listen(proxy, config.listen.host, config.listen.port, 'listen'),
+    listen(admin, config.admin.host, config.admin.port, 'admin'),
   ]);
+  const failed = bound.find((b): b is PromiseRejectedResult => b.status === 'rejected');
+  if (failed) {
+    // Nothing stays listening: the process exits 2 and names the key to change.
+    watcher.close();
+    tokens.stop();
+    await Promise.all([close(proxy), close(admin), pacer.close(), forwarder.close()]);
+    throw failed.reason;
+  }
+  tokens.start();
   const proxyAddress = proxy.address() as AddressInfo;
   const adminAddress = admin.address() as AddressInfo;
   logger.info({
     event: 'listening',
     proxy: `${proxyAddress.address}:${proxyAddress.port}`,
     admin: `${adminAddress.address}:${adminAddress.port}`,
-    upstream: config.upstream.url,
+    upstream: displayUrl(config.upstream.url),
   });
 
   let shutdown: Promise<void> | undefined;
@@ -211,11 +219,32 @@ export async function startApp(deps: AppDeps): Promise<App> {
   };
 }
 
-function listen(server: Server, host: string, port: number): Promise<void> {
+/**
+ * An address from the configuration cannot be listened on (in use, not local, not permitted): a
+ * configuration error, whose message names the key to change.
+ */
+export class ListenError extends Error {
+  constructor(key: string, host: string, port: number, code: string | undefined) {
+    const why =
+      code === 'EADDRINUSE'
+        ? 'is already in use'
+        : code === 'EADDRNOTAVAIL'
+          ? 'is not an address of this host'
+          : code === 'EACCES'
+            ? 'may not be listened on by this user'
+            : `cannot be listened on (${code ?? 'error'})`;
+    super(`${key}.port / ${key}.host: ${host}:${port} ${why}`);
+    this.name = 'ListenError';
+  }
+}
+
+function listen(server: Server, host: string, port: number, key: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
+    const onError = (err: NodeJS.ErrnoException) =>
+      reject(new ListenError(key, host, port, err.code));
+    server.once('error', onError);
     server.listen(port, host, () => {
-      server.off('error', reject);
+      server.off('error', onError);
       resolve();
     });
   });
@@ -223,6 +252,10 @@ function listen(server: Server, host: string, port: number): Promise<void> {
 
 function close(server: Server): Promise<void> {
   return new Promise((resolve) => {
+    if (!server.listening) {
+      resolve();
+      return;
+    }
     server.close(() => resolve());
     server.closeIdleConnections();
   });

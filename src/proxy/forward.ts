@@ -1,7 +1,9 @@
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
 import type { Config } from '../config/config.js';
+import { ConfigError } from '../config/load.js';
 import { ProxyError } from '../errors.js';
 import type { Cancellation } from './cancellation.js';
 import { responseHeaders } from './headers.js';
@@ -37,6 +39,30 @@ export interface Outgoing {
   onWire: () => void;
 }
 
+/**
+ * Reads `upstream.caFile` and checks that it is a PEM bundle of certificates Node can parse:
+ * `--check` and start-up refuse a missing or wrong file instead of failing at the first request.
+ * Throws a `ConfigError` naming the key and the file.
+ */
+export function readCaFile(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([
+      `upstream.caFile: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
+    ]);
+  }
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  try {
+    if (blocks.length === 0) throw new Error('no certificate');
+    for (const block of blocks) new X509Certificate(block);
+  } catch {
+    throw new ConfigError([`upstream.caFile: ${file} is not a PEM bundle of certificates`]);
+  }
+  return text;
+}
+
 /** How much later than `upstream.timeout` undici's own header and body timers fire. */
 const UNDICI_TIMEOUT_SLACK_MS = 1000;
 
@@ -65,7 +91,7 @@ export class Forwarder {
         // see `#fail`); undici's defaults (300 s) would keep a stuck socket far longer.
         headersTimeout: config.timeout + UNDICI_TIMEOUT_SLACK_MS,
         bodyTimeout: config.timeout + UNDICI_TIMEOUT_SLACK_MS,
-        ...(config.caFile ? { connect: { ca: readFileSync(config.caFile, 'utf8') } } : {}),
+        ...(config.caFile ? { connect: { ca: readCaFile(config.caFile) } } : {}),
       });
   }
 

@@ -1,5 +1,5 @@
 import type { Clock, Timer } from '../clock.js';
-import type { Config } from '../config/config.js';
+import { type Config, displayUrl } from '../config/config.js';
 import type { ClientCredentials } from '../credentials/credentials.js';
 import type { Secret } from '../credentials/secret.js';
 import { Deadlines, type Timed } from '../deadlines.js';
@@ -258,7 +258,7 @@ export class TokenManager {
       error: e.oauthError,
       error_description: e.oauthErrorDescription,
       message: e.message,
-      endpoint: config.url,
+      endpoint: displayUrl(config.url),
       attempt: this.#failures,
       retryInMs: Math.round(delay),
       currentTokenValidForSeconds: held
