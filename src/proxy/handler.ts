@@ -190,6 +190,9 @@ export class ProxyHandler {
     withBearer(outgoing.headers, token.reveal());
     const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
     if (attempt.status !== 401) this.deps.tokens.accepted(token);
+    // A 401 that goes back to the client (a streamed body, or the replay's own 401) still renews
+    // the token: at once if it had worked, else within the 401 backoff (the manager decides).
+    else if (attempt.delivered) void this.deps.tokens.renewAfterRejection(token);
     metrics.upstreamResponse(attempt.status);
     metrics.upstreamDuration.observe(attempt.headersAfter);
     if (attempt.status === 429 || attempt.status === 503) {

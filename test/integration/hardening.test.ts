@@ -203,6 +203,16 @@ describe('hostile clients', () => {
     world.api.revokeSeenTokens();
     expect((await fetch(`${world.proxy.url}/echo/c`)).status).toBe(200);
     expect(world.idp.tokenRequests).toBe(tokens + 2);
+    // A streamed body cannot be replayed: its 401 goes back, but the token is renewed at once.
+    world.api.revokeSeenTokens();
+    const big = await fetch(`${world.proxy.url}/upload`, {
+      method: 'POST',
+      body: 'y'.repeat(200_000),
+    });
+    expect(big.status).toBe(401);
+    await expect.poll(() => world.idp.tokenRequests, { timeout: 5000 }).toBe(tokens + 3);
+    expect((await fetch(`${world.proxy.url}/echo/d`)).status).toBe(200);
+    expect(world.idp.tokenRequests).toBe(tokens + 3);
   });
 });
 
