@@ -254,12 +254,13 @@ describe('metrics from the start', () => {
 describe('a token endpoint that issues a malformed access_token', () => {
   let world: World;
   beforeAll(async () => {
-    world = await startWorld({ ttl: 2 });
+    world = await startWorld({ ttl: 3 });
   });
   afterAll(() => world?.close());
 
   it('counts it as a failed renewal (invalid_response), never injects it, and is not ready', async () => {
-    expect((await fetch(`${world.proxy.adminUrl}/readyz`)).status).toBe(200);
+    const ready = async () => (await fetch(`${world.proxy.adminUrl}/readyz`)).status === 200;
+    expect(await eventually(ready, 5000)).toBe(true);
     world.idp.fail({
       status: 200,
       body: JSON.stringify({
@@ -268,10 +269,10 @@ describe('a token endpoint that issues a malformed access_token', () => {
         expires_in: 3600,
       }),
     });
-    // The good token (2 s) expires; every renewal since got the malformed one.
+    // The good token (3 s) expires; every renewal since got the malformed one.
     const notReady = await eventually(
       async () => (await fetch(`${world.proxy.adminUrl}/readyz`)).status === 503,
-      6000,
+      8000,
     );
     expect(notReady).toBe(true);
     expect(await metricsOf(world)).toMatch(
