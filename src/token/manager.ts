@@ -166,7 +166,7 @@ export class TokenManager {
 
   /**
    * The upstream answered `token` with something other than 401: it works. A later 401 to it
-   * means it was revoked, and is renewed at once (CONTRACT "Token lifecycle").
+   * means it was revoked, and is renewed at once (docs/behaviour.md, "Token lifecycle").
    */
   accepted(token: Secret): void {
     const held = this.#held;
