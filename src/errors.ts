@@ -5,6 +5,14 @@
  */
 export const PROXY_ERRORS = {
   bad_request: { status: 400, message: 'The request cannot be forwarded.' },
+  method_not_allowed: {
+    status: 405,
+    message: 'TRACE and TRACK are refused: they would echo the access token.',
+  },
+  request_timeout: {
+    status: 408,
+    message: 'The request headers or body did not arrive in time.',
+  },
   rate_limited: { status: 429, message: 'Too many requests are waiting for the upstream budget.' },
   upstream_unreachable: { status: 502, message: 'The upstream could not be reached.' },
   token_unavailable: { status: 503, message: 'No valid access token could be obtained in time.' },

@@ -1,23 +1,39 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { startApp } from './app.js';
-import type { Config } from './config/config.js';
+import { type App, ListenError, startApp } from './app.js';
+import { type Config, displayUrl } from './config/config.js';
 import { formatDuration } from './config/duration.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import {
   type ClientCredentials,
   CredentialError,
+  credentialFiles,
   describeCredentials,
   readCredentials,
   readRedisPassword,
+  worldReadable,
 } from './credentials/credentials.js';
 import { createLogger } from './log/logger.js';
+import { readCaFile } from './proxy/forward.js';
 
 /** Exit statuses (docs/behaviour.md, "Command line"). */
 const EXIT = { ok: 0, unexpected: 1, config: 2 } as const;
 
-const USAGE = 'usage: m2m-proxy [--config FILE] [--check]';
+const USAGE = 'usage: m2m-proxy [--config FILE] [--check] [--version]';
+
+/** The version in the package's `package.json` (beside `dist/` and `src/`, also in the image). */
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+      version?: unknown;
+    };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
 
 /**
  * The command line. The only module that reads `process.env` and `process.argv`: the rest
@@ -28,6 +44,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     config?: string | undefined;
     check?: boolean | undefined;
     help?: boolean | undefined;
+    version?: boolean | undefined;
   };
   try {
     args = parseArgs({
@@ -36,6 +53,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
         config: { type: 'string' },
         check: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
       },
       strict: true,
     }).values;
@@ -47,33 +65,52 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     process.stdout.write(`${USAGE}\n`);
     return EXIT.ok;
   }
+  if (args.version) {
+    process.stdout.write(`m2m-proxy ${packageVersion()}\n`);
+    return EXIT.ok;
+  }
   const file = resolve(args.config ?? env.M2M_PROXY_CONFIG ?? 'config/m2m-proxy.yaml');
 
-  let config: Config;
-  let credentials: ClientCredentials;
-  let redisPassword: string | undefined;
-  try {
-    config = await loadConfig(file, env);
-    credentials = await readCredentials(config.token, env);
-    const passwordFile = config.rateLimit.shared?.passwordFile;
-    if (passwordFile) redisPassword = readRedisPassword(passwordFile);
-  } catch (err) {
-    if (err instanceof ConfigError || err instanceof CredentialError) {
-      process.stderr.write(
-        `${err instanceof CredentialError ? `invalid credentials:\n  ${err.message}` : err.message}\n`,
-      );
-      return EXIT.config;
-    }
-    throw err;
+  const loaded = await load(file, env);
+  if ('problems' in loaded) {
+    process.stderr.write(loaded.problems);
+    return EXIT.config;
   }
+  const { config, credentials, redisPassword } = loaded;
+  const exposed = worldReadable([
+    ...credentialFiles(config.token.credentials),
+    ...(config.rateLimit.shared?.passwordFile ? [config.rateLimit.shared.passwordFile] : []),
+  ]);
 
   if (args.check) {
-    process.stdout.write(summary(file, config, credentials));
+    process.stdout.write(summary(file, config, credentials, exposed));
     return EXIT.ok;
   }
 
   const logger = createLogger(config.log.level);
-  const app = await startApp({ config, credentials, redisPassword, env, logger });
+  if (exposed.length > 0) {
+    logger.warn({
+      event: 'secret_files_world_readable',
+      files: exposed,
+      message:
+        'secret files are readable by every user of the host: mount them with mode 0400 or 0440',
+    });
+  }
+  let app: App;
+  try {
+    app = await startApp({
+      config,
+      credentials,
+      redisPassword,
+      env,
+      logger,
+      version: packageVersion(),
+    });
+  } catch (err) {
+    if (!(err instanceof ListenError)) throw err;
+    process.stderr.write(`cannot listen:\n  ${err.message}\n`);
+    return EXIT.config;
+  }
   await new Promise<void>((done) => {
     const stop = (signal: NodeJS.Signals) => {
       logger.info({ event: 'signal', signal });
@@ -85,8 +122,80 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   return EXIT.ok;
 }
 
+/** Everything start-up reads, or every problem found in it (configuration and files together). */
+async function load(
+  file: string,
+  env: NodeJS.ProcessEnv,
+): Promise<
+  | { config: Config; credentials: ClientCredentials; redisPassword: string | undefined }
+  | { problems: string }
+> {
+  const configProblems: string[] = [];
+  const fileProblems: string[] = [];
+  let config: Config | undefined;
+  let partial: unknown;
+  try {
+    config = await loadConfig(file, env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    configProblems.push(...err.problems);
+    partial = err.partial;
+  }
+  // With configuration errors, the files it names are still read (from what could be decoded),
+  // so that one run reports every problem.
+  const source = config ?? (partial as DeepPartial<Config> | undefined);
+  let credentials: ClientCredentials | undefined;
+  let redisPassword: string | undefined;
+  const token = source?.token;
+  if (token?.credentials && token.authMethod) {
+    try {
+      // Decoded sections always have their defaults: only keys with errors are missing.
+      credentials = await readCredentials(token as Config['token'], env);
+    } catch (err) {
+      if (!(err instanceof CredentialError)) throw err;
+      fileProblems.push(...err.problems);
+    }
+  }
+  const passwordFile = source?.rateLimit?.shared?.passwordFile;
+  if (passwordFile) {
+    try {
+      redisPassword = readRedisPassword(passwordFile);
+    } catch (err) {
+      if (!(err instanceof CredentialError)) throw err;
+      fileProblems.push(...err.problems);
+    }
+  }
+  const caFile = source?.upstream?.caFile;
+  if (caFile) {
+    try {
+      readCaFile(caFile);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      fileProblems.push(...err.problems);
+    }
+  }
+  if (config && credentials && fileProblems.length === 0) {
+    return { config, credentials, redisPassword };
+  }
+  const section = (title: string, lines: string[]) =>
+    lines.length > 0 ? `${title}\n${lines.map((l) => `  ${l}`).join('\n')}\n` : '';
+  return {
+    problems:
+      section('invalid configuration:', configProblems) +
+      section('invalid credentials or files:', fileProblems),
+  };
+}
+
+/** A decoded configuration with any key possibly missing (what decoding left after errors). */
+type DeepPartial<T> = { readonly [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
 /** The `--check` report: what will be used, never a secret (credentials show only their form). */
-function summary(file: string, c: Config, credentials: ClientCredentials): string {
+function summary(
+  file: string,
+  c: Config,
+  credentials: ClientCredentials,
+  exposed: readonly string[],
+): string {
   const rl = c.rateLimit;
   const creds = Object.entries(describeCredentials(credentials))
     .map(([k, v]) => `${k}=${v}`)
@@ -94,11 +203,15 @@ function summary(file: string, c: Config, credentials: ClientCredentials): strin
   const lines = [
     `configuration OK: ${file}`,
     `  listen:      ${c.listen.host}:${c.listen.port}   admin: ${c.admin.host}:${c.admin.port}`,
-    `  upstream:    ${c.upstream.url} (timeout ${formatDuration(c.upstream.timeout)}${c.upstream.caFile ? `, CA ${c.upstream.caFile}` : ''})`,
-    `  token:       ${c.token.url} (${c.token.authMethod}; renew at ${c.token.refreshAt} of the lifetime, ≥ ${formatDuration(c.token.minRemaining)} before expiry)`,
+    `  upstream:    ${displayUrl(c.upstream.url)} (timeout ${formatDuration(c.upstream.timeout)}${c.upstream.caFile ? `, CA ${c.upstream.caFile}` : ''})`,
+    `  token:       ${displayUrl(c.token.url)} (${c.token.authMethod}; renew at ${c.token.refreshAt} of the lifetime, ≥ ${formatDuration(c.token.minRemaining)} before expiry)`,
     `  credentials: ${creds}`,
     `  pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
-    `  shared:      ${rl.shared ? `${rl.shared.redis} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
+    `  shared:      ${rl.shared ? `${displayUrl(rl.shared.redis)} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
+    `  limits:      ${c.limits.connections} connections; headers within ${formatDuration(c.limits.headersTimeout)}, kept bodies within ${formatDuration(c.limits.bodyTimeout)}; ${c.limits.replayBytes} bytes of kept bodies`,
+    ...exposed.map(
+      (f) => `  warning:     ${f} is readable by every user of the host (use mode 0400 or 0440)`,
+    ),
   ];
   return `${lines.join('\n')}\n`;
 }
@@ -107,8 +220,9 @@ main(process.argv.slice(2), process.env).then(
   (code) => {
     process.exitCode = code;
     // Undici keep-alive sockets and watchers are closed by shutdown; exit explicitly anyway so a
-    // stray handle cannot keep a terminated pod alive past its grace period.
-    if (code === EXIT.ok) setImmediate(() => process.exit(code));
+    // stray handle (a Redis client still connecting after a failed listen) cannot keep the
+    // process alive.
+    setImmediate(() => process.exit(code));
   },
   (err: unknown) => {
     // Only the message and stack: an error object could carry request options with headers.

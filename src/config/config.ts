@@ -65,6 +65,17 @@ export const configSchema = object({
       fallback: number({ positive: true, max: 1 }).default(0.25),
     }).optionalKey(),
   }),
+  /**
+   * What one process holds for its clients (docs/configuration.md, "limits"): open connections
+   * on the proxy port, how long a client may take to send its headers and a kept (replayable)
+   * body, and the memory all kept bodies may hold together.
+   */
+  limits: object({
+    connections: number({ integer: true, min: 1 }).default(1024),
+    headersTimeout: duration({ positive: true }).default(10_000),
+    bodyTimeout: duration({ positive: true }).default(10_000),
+    replayBytes: number({ integer: true, min: 0 }).default(16 * 1024 * 1024),
+  }),
   log: object({
     level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const).default(
       'info',
@@ -131,19 +142,86 @@ export function crossCheck(config: Config): Issue[] {
     });
   }
 
+  for (const key of Object.keys(config.token.params)) {
+    if (BUILT_IN_PARAMS.has(key.toLowerCase())) {
+      issues.push({
+        path: ['token', 'params', key],
+        message: `is set by the proxy itself and cannot be overridden${PARAM_HINT[key.toLowerCase()] ?? ''}`,
+      });
+    }
+  }
+
   const upstream = new URL(config.upstream.url);
   if (upstream.search || upstream.hash) {
     issues.push({ path: ['upstream', 'url'], message: 'must not have a query or fragment' });
   }
-  if (upstream.username || upstream.password) {
-    issues.push({ path: ['upstream', 'url'], message: 'must not contain credentials' });
-  }
+  issues.push(...secretsInUrl(['upstream', 'url'], upstream, 'put credentials in files'));
+  issues.push(
+    ...secretsInUrl(['token', 'url'], new URL(config.token.url), 'use token.credentials'),
+  );
   const shared = config.rateLimit.shared;
-  if (shared && new URL(shared.redis).password) {
-    issues.push({
-      path: ['rateLimit', 'shared', 'redis'],
-      message: 'must not contain a password (use rateLimit.shared.passwordFile)',
-    });
+  if (shared) {
+    issues.push(
+      ...secretsInUrl(
+        ['rateLimit', 'shared', 'redis'],
+        new URL(shared.redis),
+        'use rateLimit.shared.passwordFile',
+      ),
+    );
   }
   return issues;
+}
+
+/** Form fields of the token request that the proxy sets from other keys (RFC 6749 §4.4.2, RFC 7521 §4.2). */
+const BUILT_IN_PARAMS = new Set([
+  'grant_type',
+  'client_id',
+  'client_secret',
+  'client_assertion',
+  'client_assertion_type',
+  'scope',
+  'audience',
+  'resource',
+]);
+const PARAM_HINT: Record<string, string> = {
+  scope: ' (use token.scope)',
+  audience: ' (use token.audience)',
+  resource: ' (use token.resource)',
+};
+
+/** Query parameters whose value is a secret; matched case-insensitively, `-` and `_` ignored. */
+const SECRET_QUERY =
+  /^(password|passwd|pwd|secret|clientsecret|token|accesstoken|apikey|key|auth|authorization|credentials?)$/;
+
+/**
+ * Secrets belong in files: a URL with userinfo or a secret-bearing query parameter is refused (it
+ * would be printed by `--check`, logged, and kept in a ConfigMap).
+ */
+function secretsInUrl(path: string[], url: URL, hint: string): Issue[] {
+  const issues: Issue[] = [];
+  if (url.username || url.password) {
+    issues.push({ path, message: `must not contain a user or password (${hint})` });
+  }
+  for (const name of new Set(url.searchParams.keys())) {
+    if (SECRET_QUERY.test(name.toLowerCase().replace(/[-_]/g, ''))) {
+      issues.push({
+        path,
+        message: `must not carry the secret query parameter "${name}" (${hint})`,
+      });
+    }
+  }
+  return issues;
+}
+
+/**
+ * A URL as it may be printed or logged: scheme, host, port and path, without userinfo, query or
+ * fragment (where secrets hide).
+ */
+export function displayUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname === '/' && !url.endsWith('/') ? '' : u.pathname}`;
+  } catch {
+    return '[invalid URL]';
+  }
 }

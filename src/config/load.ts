@@ -3,6 +3,9 @@ import { type Document, isMap, isScalar, LineCounter, parseDocument } from 'yaml
 import { type Config, configSchema, crossCheck } from './config.js';
 import type { Issue, Node } from './schema.js';
 
+/** Alias references allowed when the YAML is expanded (the yaml library's default, made explicit). */
+const MAX_ALIAS_COUNT = 100;
+
 /** Prefix of every environment override (`upstream.url` → `M2M_PROXY_UPSTREAM_URL`). */
 export const ENV_PREFIX = 'M2M_PROXY_';
 
@@ -12,10 +15,16 @@ export const ENV_PREFIX = 'M2M_PROXY_';
  */
 export class ConfigError extends Error {
   readonly problems: readonly string[];
-  constructor(problems: readonly string[]) {
+  /**
+   * What could be decoded despite the problems (keys with errors are missing), so that the
+   * credentials it names can still be read and their errors reported together with these.
+   */
+  readonly partial: unknown;
+  constructor(problems: readonly string[], partial?: unknown) {
     super(`invalid configuration:\n${problems.map((p) => `  ${p}`).join('\n')}`);
     this.name = 'ConfigError';
     this.problems = problems;
+    this.partial = partial;
   }
 }
 
@@ -54,7 +63,14 @@ export async function loadConfig(
       }),
     );
   }
-  const raw: unknown = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    // The yaml library refuses documents whose aliases would expand past 100 references (a
+    // "billion laughs" file): one line, exit 2, instead of a stack trace or an exhausted heap.
+    raw = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) ?? {};
+  } catch (err) {
+    throw new ConfigError([`${file}: ${(err as Error).message.split('\n')[0]}`]);
+  }
   const fromEnv = new Map<string, string>();
   if (isRecord(raw)) applyEnv(configSchema, [], raw, env, fromEnv);
 
@@ -73,7 +89,10 @@ export async function loadConfig(
       };
     });
     // In file order, so the list reads top to bottom; keys without a position come first.
-    throw new ConfigError(located.sort((a, b) => a.order - b.order).map((p) => p.text));
+    throw new ConfigError(
+      located.sort((a, b) => a.order - b.order).map((p) => p.text),
+      decoded,
+    );
   }
   return deepFreeze(decoded);
 }

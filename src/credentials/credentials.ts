@@ -1,5 +1,5 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Config } from '../config/config.js';
 import { Secret } from './secret.js';
@@ -21,12 +21,31 @@ export type ClientCredentials =
       readonly pem: Secret;
     };
 
-/** A credential could not be read or is malformed. The message names the file, never its content. */
+/**
+ * Credentials could not be read or are malformed. `problems` has one line per file (all of them,
+ * not only the first); each names the key and the file, never its content.
+ */
 export class CredentialError extends Error {
-  constructor(message: string) {
-    super(message);
+  readonly problems: readonly string[];
+  constructor(problems: string | readonly string[]) {
+    const list = typeof problems === 'string' ? [problems] : problems;
+    super(list.join('\n'));
     this.name = 'CredentialError';
+    this.problems = list;
   }
+}
+
+/** Runs each read; returns their values, or throws one `CredentialError` with every problem. */
+async function all<T extends unknown[]>(...reads: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const settled = await Promise.allSettled(reads);
+  const problems: string[] = [];
+  for (const r of settled) {
+    if (r.status === 'fulfilled') continue;
+    if (r.reason instanceof CredentialError) problems.push(...r.reason.problems);
+    else throw r.reason;
+  }
+  if (problems.length > 0) throw new CredentialError(problems);
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as T;
 }
 
 type CredentialsConfig = Config['token']['credentials'];
@@ -74,9 +93,13 @@ async function readForm(
     };
   }
   if (config.clientIdFile && config.privateKeyFile) {
-    const clientId = await readSecretFile(config.clientIdFile, 'token.credentials.clientIdFile');
-    const pem = await readSecretFile(config.privateKeyFile, 'token.credentials.privateKeyFile');
-    const { key, alg } = parsePrivateKey(pem, config.privateKeyFile);
+    const keyFile = config.privateKeyFile;
+    const [clientId, [pem, { key, alg }]] = await all<[string, [string, PrivateKey]]>(
+      readSecretFile(config.clientIdFile, 'token.credentials.clientIdFile'),
+      readSecretFile(keyFile, 'token.credentials.privateKeyFile').then(
+        (text) => [text, parsePrivateKey(text, keyFile)] as [string, PrivateKey],
+      ),
+    );
     return {
       kind: 'private_key',
       clientId,
@@ -87,10 +110,9 @@ async function readForm(
     };
   }
   if (config.clientIdFile && config.clientSecretFile) {
-    const clientId = await readSecretFile(config.clientIdFile, 'token.credentials.clientIdFile');
-    const secret = await readSecretFile(
-      config.clientSecretFile,
-      'token.credentials.clientSecretFile',
+    const [clientId, secret] = await all<[string, string]>(
+      readSecretFile(config.clientIdFile, 'token.credentials.clientIdFile'),
+      readSecretFile(config.clientSecretFile, 'token.credentials.clientSecretFile'),
     );
     return { kind: 'secret', clientId, clientSecret: new Secret(secret) };
   }
@@ -182,8 +204,13 @@ function normaliseAuthorization(value: string, file: string): string {
   return `Basic ${b64}`;
 }
 
+interface PrivateKey {
+  key: KeyObject;
+  alg: string;
+}
+
 /** The JWS algorithm follows from the key (RFC 7518 §3.1): the operator configures no `alg`. */
-function parsePrivateKey(pem: string, file: string): { key: KeyObject; alg: string } {
+function parsePrivateKey(pem: string, file: string): PrivateKey {
   let key: KeyObject;
   try {
     if (!pem.includes('-----BEGIN PRIVATE KEY-----')) throw new Error('not PKCS#8');
@@ -228,4 +255,19 @@ export function readRedisPassword(file: string): string {
   const password = text.replace(/\r?\n$/, '');
   if (password === '') throw new CredentialError(`rateLimit.shared.passwordFile: ${file} is empty`);
   return password;
+}
+
+/**
+ * The files among `files` that every user of the host may read (mode o+r, following symlinks as
+ * Kubernetes secret volumes use them). A secret there is one `ps`-less step from any process on
+ * the node: start-up warns once, naming them.
+ */
+export function worldReadable(files: readonly string[]): string[] {
+  return files.filter((file) => {
+    try {
+      return (statSync(file).mode & 0o004) !== 0;
+    } catch {
+      return false; // unreadable files are reported by the reads themselves
+    }
+  });
 }

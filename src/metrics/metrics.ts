@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { PROXY_ERRORS } from '../errors.js';
 
 /**
  * Every metric m2m-proxy exports, registered on one injected `Registry`. The names and labels of
@@ -19,11 +20,17 @@ export class Metrics {
   /** Counter children per status code: label lookups hash their values on every call otherwise. */
   readonly #responses = new Map<number, { inc(): void }>();
 
-  /** Counts one upstream response by status (`m2m_proxy_upstream_responses_total{code}`). */
+  /**
+   * Counts one upstream response by status (`m2m_proxy_upstream_responses_total{code}`). A status
+   * outside 100–599 is not HTTP's: it is counted as `other`, so a broken upstream cannot grow the
+   * label set without bound.
+   */
   upstreamResponse(status: number): void {
     let child = this.#responses.get(status);
     if (!child) {
-      child = this.upstreamResponses.labels(String(status));
+      const code =
+        Number.isInteger(status) && status >= 100 && status <= 599 ? String(status) : 'other';
+      child = this.upstreamResponses.labels(code);
       this.#responses.set(status, child);
     }
     child.inc();
@@ -32,7 +39,13 @@ export class Metrics {
   /** Remaining starts in the current sliding window (`window.max` minus starts in the last `window.length`). */
   readonly windowRemaining: Gauge;
 
-  constructor(registry: Registry = new Registry(), options: { defaultMetrics?: boolean } = {}) {
+  /** `m2m_proxy_build_info{version,node}`, always 1: which build runs where. */
+  readonly buildInfo: Gauge<'version' | 'node'>;
+
+  constructor(
+    registry: Registry = new Registry(),
+    options: { defaultMetrics?: boolean; version?: string } = {},
+  ) {
     this.registry = registry;
     const registers = [registry];
     this.tokenRefreshes = new Counter({
@@ -88,6 +101,17 @@ export class Metrics {
       help: 'Starts still allowed in the current sliding window (rateLimit.window).',
       registers,
     });
+    this.buildInfo = new Gauge({
+      name: 'm2m_proxy_build_info',
+      help: 'Always 1; the labels tell the m2m-proxy version and the Node.js version running it.',
+      labelNames: ['version', 'node'],
+      registers,
+    });
+    this.buildInfo.set({ version: options.version ?? 'unknown', node: process.versions.node }, 1);
+    // Counters with a fixed label set start at 0, so rate() and alerts see the series from the
+    // first scrape instead of a gap that hides the first increment.
+    for (const result of ['success', 'failure']) this.tokenRefreshes.labels(result).inc(0);
+    for (const reason of Object.keys(PROXY_ERRORS)) this.requestsRejected.labels(reason).inc(0);
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
   }
 }

@@ -1,7 +1,9 @@
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
 import type { Config } from '../config/config.js';
+import { ConfigError } from '../config/load.js';
 import { ProxyError } from '../errors.js';
 import type { Cancellation } from './cancellation.js';
 import { responseHeaders } from './headers.js';
@@ -37,6 +39,36 @@ export interface Outgoing {
   onWire: () => void;
 }
 
+/**
+ * Reads `upstream.caFile` and checks that it is a PEM bundle of certificates Node can parse:
+ * `--check` and start-up refuse a missing or wrong file instead of failing at the first request.
+ * Throws a `ConfigError` naming the key and the file.
+ */
+export function readCaFile(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([
+      `upstream.caFile: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
+    ]);
+  }
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  try {
+    if (blocks.length === 0) throw new Error('no certificate');
+    for (const block of blocks) new X509Certificate(block);
+  } catch {
+    throw new ConfigError([`upstream.caFile: ${file} is not a PEM bundle of certificates`]);
+  }
+  return text;
+}
+
+/** How much later than `upstream.timeout` undici's own header and body timers fire. */
+const UNDICI_TIMEOUT_SLACK_MS = 1000;
+
+/** Undici's errors that mean "the upstream was too slow", not "unreachable". */
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+
 /** The cancellation reason of an upstream that took longer than `upstream.timeout`. */
 const TIMED_OUT = Symbol('upstream timeout');
 
@@ -54,11 +86,12 @@ export class Forwarder {
     this.#pool =
       dispatcher ??
       new Pool(origin, {
-        // A whole-response timer in `send` enforces upstream.timeout; these keep undici's own
-        // (longer) defaults from firing first or later than ours.
-        headersTimeout: config.timeout,
-        bodyTimeout: config.timeout,
-        ...(config.caFile ? { connect: { ca: readFileSync(config.caFile, 'utf8') } } : {}),
+        // A whole-response timer in `send` enforces upstream.timeout. Undici's own timers sit a
+        // second behind it, so they never race it at the boundary (its errors are timeouts too,
+        // see `#fail`); undici's defaults (300 s) would keep a stuck socket far longer.
+        headersTimeout: config.timeout + UNDICI_TIMEOUT_SLACK_MS,
+        bodyTimeout: config.timeout + UNDICI_TIMEOUT_SLACK_MS,
+        ...(config.caFile ? { connect: { ca: readCaFile(config.caFile) } } : {}),
       });
   }
 
@@ -172,7 +205,12 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#settled) return;
     this.#finish();
     const { cancel } = this;
-    if (cancel.reason === TIMED_OUT) this.reject(new ProxyError('upstream_timeout'));
+    const timedOut =
+      cancel.reason === TIMED_OUT ||
+      (!cancel.cancelled && TIMEOUT_CODES.has((err as { code?: string } | undefined)?.code ?? ''));
+    // A timeout is a timeout whichever timer saw it first: the class of the answer must not
+    // depend on which of two timers set to the same instant fires first.
+    if (timedOut) this.reject(new ProxyError('upstream_timeout'));
     else if (cancel.cancelled) this.reject(cancel.reason);
     else if (this.#attempt)
       this.reject(err); // the response had begun: nothing to replace it

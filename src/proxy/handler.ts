@@ -46,6 +46,8 @@ export interface HandlerDeps {
 export class ProxyHandler {
   readonly #prefix: string;
   #inFlight = 0;
+  /** Bytes reserved by kept bodies (`limits.replayBytes` bounds it). */
+  #replayHeld = 0;
   #shuttingDown = false;
   #drained: (() => void) | undefined;
 
@@ -69,8 +71,13 @@ export class ProxyHandler {
   /** Node's `request` listener. */
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
     if (this.#shuttingDown) {
-      res.shouldKeepAlive = false;
       this.#reject(res, new ProxyError('shutting_down'));
+      return;
+    }
+    // TRACE echoes the request, bearer included, back to the client (RFC 9110 §9.3.8).
+    if (req.method === 'TRACE' || req.method === 'TRACK') {
+      this.#reject(res, new ProxyError('method_not_allowed'));
+      req.resume();
       return;
     }
     const path = upstreamPath(this.#prefix, req.url);
@@ -113,9 +120,11 @@ export class ProxyHandler {
     // (cheaper than once() and off() on every request).
     res.on('close', onClose);
     const receivedAt = clock.now();
+    let kept = 0;
     try {
       const head = requestHead(req.rawHeaders);
-      const pending = this.#body(req, head);
+      kept = this.#keep(head);
+      const pending = kept > 0 ? this.#read(req, kept) : this.#body(req, head);
       const body = pending instanceof Promise ? await pending : pending;
       // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
       let token =
@@ -143,6 +152,7 @@ export class ProxyHandler {
     } catch (err) {
       this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
     } finally {
+      this.#replayHeld -= kept;
       this.#inFlight -= 1;
       if (this.#inFlight === 0) this.#drained?.();
     }
@@ -179,6 +189,10 @@ export class ProxyHandler {
     const { metrics, clock, pacer } = this.deps;
     withBearer(outgoing.headers, token.reveal());
     const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+    if (attempt.status !== 401) this.deps.tokens.accepted(token);
+    // A 401 that goes back to the client (a streamed body, or the replay's own 401) still renews
+    // the token: at once if it had worked, else within the 401 backoff (the manager decides).
+    else if (attempt.delivered) void this.deps.tokens.renewAfterRejection(token);
     metrics.upstreamResponse(attempt.status);
     metrics.upstreamDuration.observe(attempt.headersAfter);
     if (attempt.status === 429 || attempt.status === 503) {
@@ -196,24 +210,60 @@ export class ProxyHandler {
   }
 
   /**
-   * No body → `null`; a declared length within the replay limit → the bytes (so a 401 can be
-   * replayed); otherwise the request stream itself, forwarded as it arrives. Only reading the
-   * bytes is asynchronous (a GET does not pay for a promise).
+   * The bytes of a body to keep for a replay (its declared length, within the replay limit),
+   * reserved from `limits.replayBytes`; 0 when the body is streamed or absent. When the budget is
+   * spent the request is refused with 429 before a byte of its body is read: memory held for
+   * requests stays bounded however many clients send at once.
    */
-  #body(req: IncomingMessage, head: RequestHead): Promise<Buffer> | IncomingMessage | null {
+  #keep(head: RequestHead): number {
     const length = head.contentLength;
-    if (length === undefined && !head.chunked) return null;
+    if (length === undefined) return 0;
     const declared = Number(length);
-    if (length === undefined || !(declared <= REPLAY_LIMIT_BYTES)) return req;
-    if (declared === 0) return null;
+    const budget = this.deps.config.limits.replayBytes;
+    if (!(declared > 0 && declared <= REPLAY_LIMIT_BYTES) || budget === 0) return 0;
+    if (this.#replayHeld + declared > budget) {
+      throw new ProxyError(
+        'rate_limited',
+        'Too many request bodies are held for the upstream: try again shortly.',
+        { retryAfterSeconds: 1 },
+      );
+    }
+    this.#replayHeld += declared;
+    return declared;
+  }
+
+  /**
+   * No body → `null`; a body that is not kept → the request stream itself, forwarded as it
+   * arrives (a GET does not pay for a promise).
+   */
+  #body(req: IncomingMessage, head: RequestHead): IncomingMessage | null {
+    if (head.contentLength === undefined && !head.chunked) return null;
+    return Number(head.contentLength) === 0 ? null : req;
+  }
+
+  /**
+   * Reads a kept body. A client that does not deliver it within `limits.bodyTimeout` gets 408
+   * `request_timeout` (nothing has been sent upstream yet).
+   */
+  #read(req: IncomingMessage, declared: number): Promise<Buffer> {
+    const { clock, config } = this.deps;
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
-      req.on('data', (chunk: Buffer) => chunks.push(chunk));
-      req.once('end', () =>
-        resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)),
+      const timer = clock.setTimeout(
+        () => reject(new ProxyError('request_timeout')),
+        config.limits.bodyTimeout,
       );
-      req.once('error', reject);
+      req.on('data', (chunk: Buffer) => chunks.push(chunk));
+      req.once('end', () => {
+        clock.clearTimeout(timer);
+        resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, declared));
+      });
+      req.once('error', (err) => {
+        clock.clearTimeout(timer);
+        reject(err);
+      });
       req.once('close', () => {
+        clock.clearTimeout(timer);
         if (!req.complete) reject(new ClientGone());
       });
     });
@@ -249,6 +299,9 @@ export class ProxyHandler {
 
   #reject(res: ServerResponse, error: ProxyError): void {
     this.deps.metrics.requestsRejected.inc({ reason: error.code });
+    // The connection closes after the proxy's own error, and Node then destroys the socket once
+    // the answer is flushed: a client that keeps its half open cannot hold the descriptor.
+    res.shouldKeepAlive = false;
     sendError(res, error);
   }
 }

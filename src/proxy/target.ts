@@ -16,8 +16,8 @@ export function upstreamPath(prefix: string, target: string | undefined): string
 }
 
 /**
- * True when some segment is `.` or `..` once percent-decoded, including `%2e%2e`, and segments
- * hiding a separator (`..%2f`, `..%5c`, backslashes) that a lenient upstream would split on.
+ * True when some segment is `.` or `..` once percent-decoded (once: `%252e%252e` stays inside),
+ * including `%2e%2e`, also with its path parameters removed (`..;x`), and segments hiding a separator (`..%2f`, `..%5c`, backslashes) that a lenient upstream would split on.
  * A `%` sequence that does not decode is refused too: we cannot tell what the upstream makes of it.
  */
 function climbs(path: string): boolean {
@@ -30,7 +30,10 @@ function climbs(path: string): boolean {
       return true;
     }
     for (const part of decoded.split(/[/\\]/)) {
-      if (part === '..' || part === '.') return true;
+      // Servlet containers (Tomcat, Jetty) drop path parameters before resolving dot segments:
+      // to them `/..;x/` is `/../`.
+      const name = part.split(';', 1)[0];
+      if (name === '..' || name === '.') return true;
     }
   }
   return false;

@@ -58,6 +58,11 @@ const ASSERTION_LIFETIME_S = 60;
 /** OAuth error codes are ASCII words; anything else would blow up the metric's label set. */
 const OAUTH_ERROR_CODE = /^[a-z][a-z0-9_]{0,63}$/;
 
+/** RFC 6750 §2.1: the only characters a bearer token may hold. */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+/** The provider's `error_description` is free text from outside: logged, but no more than this. */
+export const MAX_DESCRIPTION_CHARS = 200;
+
 /** Anything that can obtain a token (the real client, or a fake in unit tests). */
 export interface TokenSource {
   requestToken(credentials: ClientCredentials): Promise<IssuedToken>;
@@ -179,7 +184,7 @@ export function parseTokenResponse(status: number, text: string): IssuedToken {
     const error = typeof json?.error === 'string' ? json.error : undefined;
     const description =
       typeof json?.error_description === 'string'
-        ? json.error_description.slice(0, 500)
+        ? json.error_description.slice(0, MAX_DESCRIPTION_CHARS)
         : undefined;
     const reason = error && OAUTH_ERROR_CODE.test(error) ? error : `http_${status}`;
     throw new TokenRequestError(
@@ -197,6 +202,8 @@ export function parseTokenResponse(status: number, text: string): IssuedToken {
   if (!json) throw invalid('is not a JSON object');
   const accessToken = json.access_token;
   if (typeof accessToken !== 'string' || accessToken === '') throw invalid('has no access_token');
+  // It goes into an Authorization header: CR/LF, spaces or non-ASCII would break or split it.
+  if (!B64TOKEN.test(accessToken)) throw invalid('has an access_token that is not a b64token');
   // RFC 6749 §5.1 makes token_type required; some providers omit it, and then Bearer is meant.
   if (json.token_type !== undefined && String(json.token_type).toLowerCase() !== 'bearer') {
     throw invalid(

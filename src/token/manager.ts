@@ -1,5 +1,5 @@
 import type { Clock, Timer } from '../clock.js';
-import type { Config } from '../config/config.js';
+import { type Config, displayUrl } from '../config/config.js';
 import type { ClientCredentials } from '../credentials/credentials.js';
 import type { Secret } from '../credentials/secret.js';
 import { Deadlines, type Timed } from '../deadlines.js';
@@ -30,6 +30,8 @@ export interface TokenManagerDeps {
 interface Held {
   readonly token: Secret;
   readonly expiresAt: number;
+  /** The upstream has answered something other than 401 to this token. */
+  accepted: boolean;
 }
 
 /**
@@ -139,7 +141,8 @@ export class TokenManager {
    */
   shouldRenewAfterRejection(rejected: Secret): boolean {
     if (this.#renewal || this.#held?.token !== rejected) return true;
-    if (this.#rejections === 0) return true;
+    // A token that worked and is now refused was revoked: renew at once, whatever came before.
+    if (this.#rejections === 0 || this.#held.accepted) return true;
     const { min, max } = this.deps.config.retry;
     const wait = backoffCeiling(this.#rejections - 1, min, max);
     return this.deps.clock.now() - this.#lastRejectionAt >= wait;
@@ -153,10 +156,21 @@ export class TokenManager {
   async renewAfterRejection(rejected: Secret): Promise<void> {
     if (this.#renewal) return this.#renewal;
     if (this.#held?.token !== rejected || !this.shouldRenewAfterRejection(rejected)) return;
+    // Only 401s to tokens never accepted count towards the backoff.
+    if (this.#held.accepted) this.#rejections = 0;
     this.#rejections += 1;
     this.#lastRejectionAt = this.deps.clock.now();
     this.deps.logger.info({ event: 'token_rejected_by_upstream', consecutive: this.#rejections });
     return this.renew(true);
+  }
+
+  /**
+   * The upstream answered `token` with something other than 401: it works. A later 401 to it
+   * means it was revoked, and is renewed at once (docs/behaviour.md, "Token lifecycle").
+   */
+  accepted(token: Secret): void {
+    const held = this.#held;
+    if (held !== undefined && held.token === token) held.accepted = true;
   }
 
   /** The credentials changed: renew at once with the new ones. */
@@ -203,7 +217,7 @@ export class TokenManager {
     if (this.#stopped) return;
     const lifetime = issued.lifetimeMs ?? DEFAULT_LIFETIME_MS;
     const expiresAt = sentAt + lifetime;
-    this.#held = { token: issued.accessToken, expiresAt };
+    this.#held = { token: issued.accessToken, expiresAt, accepted: false };
     this.#failures = 0;
     metrics.tokenRefreshes.inc({ result: 'success' });
     metrics.tokenExpiry.set(expiresAt / 1000);
@@ -244,7 +258,7 @@ export class TokenManager {
       error: e.oauthError,
       error_description: e.oauthErrorDescription,
       message: e.message,
-      endpoint: config.url,
+      endpoint: displayUrl(config.url),
       attempt: this.#failures,
       retryInMs: Math.round(delay),
       currentTokenValidForSeconds: held

@@ -303,10 +303,12 @@ describe('upstream', () => {
 
 describe('upstream WAF emulation', () => {
   it('blocks request max+1 within the window and admits again once it slides', async () => {
+    let now = 0; // the WAF's clock, moved by hand: the test is about the window, not the wire
     const api = await startUpstream({
       issuer: idp.issuer,
       audience: idp.audience,
       waf: { max: 5, windowMs: 400 },
+      wafClock: () => now,
     });
     try {
       const headers = { authorization: `Bearer ${await basicToken()}` };
@@ -319,7 +321,9 @@ describe('upstream WAF emulation', () => {
       const blocked = await fetch(`${api.url}/echo/x`, { headers });
       expect(await blocked.json()).toEqual({ error: 'waf_blocked' });
 
-      await new Promise((resolve) => setTimeout(resolve, 450));
+      now = 399; // every hit still inside the window
+      expect((await fetch(`${api.url}/echo/inside`, { headers })).status).toBe(403);
+      now = 10_000; // the window has slid past all of them
       expect((await fetch(`${api.url}/echo/after`, { headers })).status).toBe(200);
     } finally {
       await api.close();

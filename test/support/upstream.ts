@@ -100,6 +100,11 @@ export interface UpstreamOptions {
    * a rate-based WAF rule. The production API allows 2000 per 5 minutes per IP.
    */
   waf?: { max: number; windowMs: number };
+  /**
+   * The WAF's clock in ms (default `performance.now`): a test that is about the window's logic,
+   * not the wire, moves it by hand so the outcome does not depend on how loaded the machine is.
+   */
+  wafClock?: () => number;
   /** When false, tokens are neither required nor checked (load tests of the proxy alone). Default true. */
   verifyTokens?: boolean;
   /** See {@link UpstreamHook}. Can be changed later with `setHook`. */
@@ -300,7 +305,7 @@ export async function startUpstream(options: UpstreamOptions): Promise<Upstream>
     });
     res.on('close', () => settle());
 
-    if (wafBlocks(record.remoteAddress, record.at)) {
+    if (wafBlocks(record.remoteAddress, options.wafClock?.() ?? record.at)) {
       wafBlocked += 1;
       record.reason = 'waf';
       await drain(req, record);

@@ -2,6 +2,7 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { displayUrl } from '../../src/config/config.js';
 import { parseDuration } from '../../src/config/duration.js';
 import { ConfigError, envName, loadConfig } from '../../src/config/load.js';
 
@@ -52,6 +53,12 @@ describe('configuration', () => {
       burst: 1,
       window: { max: 2000, length: 300_000 },
       queue: { max: 1000, timeout: 30_000 },
+    });
+    expect(config.limits).toEqual({
+      connections: 1024,
+      headersTimeout: 10_000,
+      bodyTimeout: 10_000,
+      replayBytes: 16 * 1024 * 1024,
     });
     expect(config.log.level).toBe('info');
     expect(config.shutdown.timeout).toBe(25_000);
@@ -145,13 +152,55 @@ rateLimit:
 `);
     expect(found.map((p) => p.replace(/^FILE(:\d+:\d+)?: /, ''))).toEqual([
       'upstream.url: must not have a query or fragment',
-      'upstream.url: must not contain credentials',
+      'upstream.url: must not contain a user or password (put credentials in files)',
       'token.credentials: use exactly one form: authorizationFile, clientIdFile + clientSecretFile, or clientIdFile + privateKeyFile',
       'token.credentials.clientIdFile: is required with clientSecretFile or privateKeyFile',
       'token.credentials.privateKeyFile: is required when token.authMethod is private_key_jwt',
       'token.retry.min: must not be greater than token.retry.max',
-      'rateLimit.shared.redis: must not contain a password (use rateLimit.shared.passwordFile)',
+      'rateLimit.shared.redis: must not contain a user or password (use rateLimit.shared.passwordFile)',
     ]);
+  });
+
+  it('refuses credentials in any URL, and token.params that clash with built-in fields', async () => {
+    const found = await problems(`
+upstream: { url: "https://api.example.test/v1" }
+token:
+  url: "http://id:s3cr3t-in-url@idp.example.test/token?client_secret=s3cr3t-in-query&api-version=2"
+  credentials: { authorizationFile: /run/secrets/auth }
+  params: { grant_type: password, Scope: admin, tenant: acme }
+rateLimit:
+  shared: { redis: "redis://redis:6379/0?password=s3cr3t-redis", key: k }
+`);
+    expect(found.map((p) => p.replace(/^FILE(:\d+:\d+)?: /, ''))).toEqual([
+      'token.url: must not contain a user or password (use token.credentials)',
+      'token.url: must not carry the secret query parameter "client_secret" (use token.credentials)',
+      'token.params.grant_type: is set by the proxy itself and cannot be overridden',
+      'token.params.Scope: is set by the proxy itself and cannot be overridden (use token.scope)',
+      'rateLimit.shared.redis: must not carry the secret query parameter "password" (use rateLimit.shared.passwordFile)',
+    ]);
+    expect(found.join('\n')).not.toMatch(/s3cr3t/);
+  });
+
+  it('refuses a YAML alias bomb in one line instead of expanding it', async () => {
+    const bomb = [
+      'a: &a ["x","x","x","x","x","x","x","x","x","x"]',
+      ...Array.from({ length: 8 }, (_, i) => {
+        const prev = String.fromCharCode(97 + i);
+        const next = String.fromCharCode(98 + i);
+        return `${next}: &${next} [${Array(10).fill(`*${prev}`).join(',')}]`;
+      }),
+    ].join('\n');
+    const found = await problems(`${bomb}\n${MINIMAL}`);
+    expect(found).toHaveLength(1);
+    expect(found[0]).toMatch(/^FILE: .*alias/i);
+  });
+
+  it('prints URLs without userinfo, query or fragment', () => {
+    expect(displayUrl('https://id:pw@idp.example.test/oauth2/token?client_secret=x#f')).toBe(
+      'https://idp.example.test/oauth2/token',
+    );
+    expect(displayUrl('redis://:pw@redis:6379/0?password=x')).toBe('redis://redis:6379/0');
+    expect(displayUrl('https://api.example.test')).toBe('https://api.example.test');
   });
 
   it('never echoes a value in an error message', async () => {

@@ -159,10 +159,14 @@ describe('credential rotation', () => {
 
     const changes: ClientCredentials[] = [];
     const logs: string[] = [];
+    let reads = 0;
     const watcher = new CredentialWatcher(
       [join(root, 'client-secret')],
       initial,
-      () => readCredentials(config, {}),
+      () => {
+        reads += 1;
+        return readCredentials(config, {});
+      },
       (c) => changes.push(c),
       createLogger('info', { write: (s: string) => logs.push(s) }),
     );
@@ -175,9 +179,12 @@ describe('credential rotation', () => {
       await expect.poll(() => changes.length, { timeout: 3000 }).toBe(1);
       const c = changes[0];
       expect(c?.kind === 'secret' && c.clientSecret.reveal()).toBe('new-secret');
-      // Touching the directory without changing the content triggers nothing.
+      // Touching the directory without changing the content re-reads the files and finds them
+      // unchanged: no renewal.
+      const readsBefore = reads;
       await writeFile(join(root, 'unrelated'), 'x');
-      await new Promise((r) => setTimeout(r, 500));
+      await expect.poll(() => reads, { timeout: 3000 }).toBeGreaterThan(readsBefore);
+      await new Promise((r) => setTimeout(r, 50)); // let that read settle
       expect(changes).toHaveLength(1);
       expect(logs.join('')).not.toMatch(/old-secret|new-secret/);
     } finally {

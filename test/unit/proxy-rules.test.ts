@@ -33,6 +33,12 @@ describe('request targets', () => {
     '/a/..%5cadmin',
     '/a\\..\\admin',
     '/a/%ZZ',
+    '/..;/admin',
+    '/a/..;jsessionid=x/..;/admin',
+    '/.;x/admin',
+    '/%2e%2e;/admin',
+    '/%2e%2e%3b/admin',
+    '/..%3bx/admin',
   ])('refuses %j', (target) => {
     expect(upstreamPath('/api/v1', target)).toBeUndefined();
   });
@@ -53,6 +59,45 @@ describe('request targets', () => {
         expect(decoded.split('/')).not.toContain('..');
       }),
       { numRuns: 2000 },
+    );
+  });
+});
+
+describe('request targets seen by a servlet container', () => {
+  /**
+   * How Tomcat resolves a path: one percent-decoding, then each segment without its path
+   * parameters (`;...`), then dot segments. The result must stay inside the prefix.
+   */
+  function tomcatResolve(path: string): string[] {
+    const out: string[] = [];
+    for (const raw of decodeURIComponent(path).split(/[/\\]/)) {
+      const segment = raw.split(';', 1)[0] as string;
+      if (segment === '..') out.pop();
+      else if (segment !== '.' && segment !== '') out.push(segment);
+    }
+    return out;
+  }
+
+  it('forwards /%252e%252e/ (inside after one decoding) and refuses what climbs after it', () => {
+    expect(upstreamPath('/api/v1', '/%252e%252e/x')).toBe('/api/v1/%252e%252e/x');
+    expect(upstreamPath('/api/v1', '/a;v=1/b')).toBe('/api/v1/a;v=1/b');
+    expect(upstreamPath('/api/v1', '/a/..;/b')).toBeUndefined();
+  });
+
+  it('never yields a path that climbs above the prefix once parameters are dropped (property)', () => {
+    const segment = fc.oneof(
+      fc.constantFrom('..;', '..;x=1', '.;', '%2e%2e;', '..%3b', '%2e%2e%3bv', ';', 'a;b', 'a'),
+      fc.constantFrom('..', '.', '%252e%252e', '%2e', '..%2f', 'b', ''),
+      fc.stringMatching(/^[a-z0-9.;=~-]{0,6}$/),
+    );
+    fc.assert(
+      fc.property(fc.array(segment, { maxLength: 8 }), (segments) => {
+        const path = upstreamPath('/api/v1', `/${segments.join('/')}`);
+        if (path === undefined) return;
+        expect(tomcatResolve(path).slice(0, 2)).toEqual(['api', 'v1']);
+        expect(tomcatResolve(path)).not.toContain('..');
+      }),
+      { numRuns: 3000 },
     );
   });
 });
@@ -148,6 +193,8 @@ describe('error catalogue', () => {
       Object.fromEntries(Object.entries(PROXY_ERRORS).map(([code, e]) => [code, e.status])),
     ).toEqual({
       bad_request: 400,
+      method_not_allowed: 405,
+      request_timeout: 408,
       rate_limited: 429,
       upstream_unreachable: 502,
       token_unavailable: 503,

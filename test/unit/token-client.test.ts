@@ -77,6 +77,35 @@ describe('token responses', () => {
   });
 });
 
+describe('token responses from a hostile provider', () => {
+  it.each([
+    ['CRLF', 'abc\r\nX-Injected: 1'],
+    ['a space', 'abc def'],
+    ['non-ASCII', 'abcé'],
+    ['a control character', 'abc\u0000'],
+    ['padding in the middle', 'ab=c'],
+  ])('refuses an access_token with %s as invalid_response', (_, token) => {
+    const e = failure(200, JSON.stringify({ access_token: token, token_type: 'Bearer' }));
+    expect(e.reason).toBe('invalid_response');
+    expect(e.message).not.toContain(token);
+  });
+
+  it('accepts every b64token character (RFC 6750 §2.1)', () => {
+    const token = 'AZaz09-._~+/==';
+    expect(
+      parseTokenResponse(200, JSON.stringify({ access_token: token })).accessToken.reveal(),
+    ).toBe(token);
+  });
+
+  it('keeps at most 200 characters of error_description', () => {
+    const e = failure(
+      400,
+      JSON.stringify({ error: 'invalid_scope', error_description: 'x'.repeat(5000) }),
+    );
+    expect(e.oauthErrorDescription).toBe('x'.repeat(200));
+  });
+});
+
 describe('client_secret_basic', () => {
   it('form-encodes id and secret before base64 (RFC 6749 §2.3.1)', () => {
     const header = basicAuthorization('my client', new Secret('p@ss:w/rd+'));

@@ -249,6 +249,48 @@ describe('TokenManager', () => {
     expect(await rejectCurrent()).toBe(true);
   });
 
+  it('renews at once when a token the upstream had accepted is refused, whatever the 401s before', async () => {
+    const { source, manager } = setup({ retry: { min: 1000, max: 4000 } });
+    manager.start();
+    await vi.advanceTimersByTimeAsync(0);
+    const first = manager.current();
+    if (!first) throw new Error('no token');
+    await manager.renewAfterRejection(first); // a 401 to a token never accepted: renewed
+    expect(source.calls).toHaveLength(2);
+    const second = manager.current();
+    if (!second) throw new Error('no token');
+    manager.accepted(second); // the upstream answered 200 to it ...
+    await vi.advanceTimersByTimeAsync(10); // ... and revoked it well within retry.min
+    expect(manager.shouldRenewAfterRejection(second)).toBe(true);
+    await manager.renewAfterRejection(second);
+    expect(source.calls).toHaveLength(3);
+    // The third token is refused before it was ever accepted: that one backs off from retry.min.
+    const third = manager.current();
+    if (!third) throw new Error('no token');
+    expect(manager.shouldRenewAfterRejection(third)).toBe(false);
+    await manager.renewAfterRejection(third);
+    expect(source.calls).toHaveLength(3);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(manager.shouldRenewAfterRejection(third)).toBe(true);
+  });
+
+  it('starts the renewal backoff afresh when the credentials change', async () => {
+    // random() = 1: every wait is the ceiling, min × 2^n.
+    const { source, manager } = setup({ retry: { min: 1000, max: 60_000 } }, () => 1);
+    source.outcomes = Array.from({ length: 5 }, () => failure());
+    manager.start();
+    // Failures wait 2, 4, 8, 16 s: the fifth request goes out at 30 s.
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(source.calls).toHaveLength(5);
+    source.outcomes = [failure()];
+    manager.credentialsChanged();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(source.calls).toHaveLength(6); // at once, with the new credentials ...
+    // ... and its failure is the first of a new series: 2 s, not 64 s.
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(source.calls).toHaveLength(7);
+  });
+
   it('renews at once with new credentials when they change', async () => {
     const { source, manager, setCredentials } = setup();
     manager.start();

@@ -128,7 +128,8 @@ describe('QueuePacer: admission, deadline, abort', () => {
     await vi.advanceTimersByTimeAsync(1);
     expect(c.state).toBe('rejected');
     expect(c.at).toBe(T0 + 500);
-    retryAfterOf(c.error);
+    // b holds T0 + 1 s: the next free start is T0 + 2 s, 1.5 s away, rounded up.
+    expect(retryAfterOf(c.error)).toBe(2);
     await vi.advanceTimersByTimeAsync(5000);
     expect(b.at).toBe(T0 + 1000);
     expect(store.granted).toHaveLength(2); // c never reserved a slot
@@ -181,7 +182,8 @@ describe('QueuePacer: admission, deadline, abort', () => {
     const f = track(pacer.acquire({ deadline: FOREVER }));
     await vi.advanceTimersByTimeAsync(5000);
     expect([d.at, e.at, c.at]).toEqual([T0 + 1000, T0 + 2000, T0 + 3000]);
-    for (const t of [c, d, e]) retryAfterOf(t.error);
+    // b holds T0 + 10 s, so the next free start is T0 + 20 s, counted from each rejection.
+    expect([c, d, e].map((t) => retryAfterOf(t.error))).toEqual([17, 19, 18]);
     expect(pacer.waiting).toBe(2);
     await vi.advanceTimersByTimeAsync(20_000);
     expect([b.at, f.at]).toEqual([T0 + 10_000, T0 + 20_000]);
@@ -276,7 +278,7 @@ describe('QueuePacer: ready (the token)', () => {
     expect(await metricValue(metrics, 'm2m_proxy_queue_length')).toBe(2);
     const c = track(pacer.acquire({ deadline: FOREVER, ready }));
     await flush();
-    retryAfterOf(c.error);
+    expect(retryAfterOf(c.error)).toBe(1); // 1000/s: a start is free at once, 1 s is the floor
     expect(ready).toHaveBeenCalledTimes(2);
     release();
     await vi.advanceTimersByTimeAsync(10);
@@ -381,7 +383,8 @@ describe('QueuePacer: metrics and shutdown', () => {
     const text = await metrics.registry.getSingleMetricAsString(
       'm2m_proxy_requests_rejected_total',
     );
-    expect(text).not.toMatch(/rate_limited/);
+    // The series exists from the start (at 0); the pacer never increments it.
+    expect(text).toMatch(/^m2m_proxy_requests_rejected_total\{reason="rate_limited"\} 0$/m);
   });
 
   it('close() rejects what is still queued with shutting_down and admits nothing more', async () => {
@@ -449,7 +452,7 @@ describe('PassThroughPacer and createPacer', () => {
     await flush();
     expect(pacer.waiting).toBe(2);
     expect(await metricValue(m, 'm2m_proxy_queue_length')).toBe(2);
-    retryAfterOf(c.error);
+    expect(retryAfterOf(c.error)).toBe(1); // no pause yet, no pacing: the floor
     pacer.pauseUntil(T0 + 2000);
     release();
     await vi.advanceTimersByTimeAsync(1999);
