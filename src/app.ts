@@ -2,9 +2,9 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
-import { createAdminServer } from './admin/server.js';
+import { createAdminServer, type ReadinessReason } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
-import type { Config } from './config/config.js';
+import type { Config, RouteConfig } from './config/config.js';
 import {
   type ClientCredentials,
   credentialFiles,
@@ -22,128 +22,238 @@ import { ProxyHandler } from './proxy/handler.js';
 import { TokenClient } from './token/client.js';
 import { TokenManager } from './token/manager.js';
 
-/** A running proxy: both servers listening, the token being kept fresh. */
+/** A running proxy: every route's port and the admin port listening, the tokens kept fresh. */
 export interface App {
+  /** The first route's address (the only one of a file without `routes`). */
   readonly proxyAddress: AddressInfo;
+  /** Every route's address, in configuration order. */
+  readonly routes: ReadonlyArray<{ readonly name: string; readonly address: AddressInfo }>;
   readonly adminAddress: AddressInfo;
   readonly metrics: Metrics;
   /** SIGTERM's work: 503 for new requests, drain within `shutdown.timeout`, close everything. */
   shutdown(): Promise<void>;
 }
 
+/** Routes whose token blocks are equal: they share one `TokenManager`, so one token request. */
+export interface TokenGroup {
+  /** The token block, as every route of the group has it. */
+  readonly token: RouteConfig['token'];
+  /** Identifies the group in `AppDeps.credentials`. */
+  readonly key: string;
+  readonly routes: readonly RouteConfig[];
+}
+
+/**
+ * Groups the routes by token block. Equal means equal after defaults, key by key (endpoint,
+ * method, credential files, scope, audience, resource, params and the renewal settings): two
+ * blocks that differ in anything get separate tokens, however similar.
+ */
+export function tokenGroups(config: Config): TokenGroup[] {
+  const groups = new Map<
+    string,
+    { token: RouteConfig['token']; key: string; routes: RouteConfig[] }
+  >();
+  for (const route of config.routes) {
+    const key = JSON.stringify(route.token);
+    const group = groups.get(key);
+    if (group) group.routes.push(route);
+    else groups.set(key, { token: route.token, key, routes: [route] });
+  }
+  return [...groups.values()];
+}
+
 export interface AppDeps {
   config: Config;
-  credentials: ClientCredentials;
-  /** Contents of `rateLimit.shared.passwordFile`, read at start-up with the credentials. */
-  redisPassword?: string | undefined;
+  /** The credentials of each token group (`TokenGroup.key`), read at start-up. */
+  credentials: ReadonlyMap<string, ClientCredentials>;
+  /** Contents of each `rateLimit.shared.passwordFile` by path, read at start-up with the credentials. */
+  redisPasswords?: ReadonlyMap<string, string> | undefined;
   env: Readonly<Record<string, string | undefined>>;
   logger: Logger;
   clock?: Clock;
   registry?: Registry;
 }
 
-/** Wires the modules together and starts listening at once (the first token is fetched meanwhile). */
+/** One route's running parts. */
+interface RouteParts {
+  readonly route: RouteConfig;
+  readonly tokens: TokenManager;
+  readonly pacer: Pacer;
+  readonly forwarder: Forwarder;
+  readonly handler: ProxyHandler;
+  readonly server: Server;
+}
+
+/** Wires the modules together and starts listening at once (the first tokens are fetched meanwhile). */
 export async function startApp(deps: AppDeps): Promise<App> {
   const { config, logger, env } = deps;
   const clock = deps.clock ?? systemClock;
   const metrics = new Metrics(deps.registry ?? new Registry());
-  let credentials = deps.credentials;
 
-  const tokens = new TokenManager({
-    config: config.token,
-    source: new TokenClient(config.token),
-    credentials: () => credentials,
-    clock,
-    logger,
+  const managers = new Map<string, TokenManager>();
+  const watchers: CredentialWatcher[] = [];
+  for (const group of tokenGroups(config)) {
+    const names = group.routes.map((r) => r.name);
+    const groupLogger = logger.child({ route: names.join(',') });
+    let credentials = deps.credentials.get(group.key);
+    if (!credentials) throw new Error(`no credentials for the token of ${names.join(', ')}`);
+    const tokens = new TokenManager({
+      config: group.token,
+      source: new TokenClient(group.token),
+      credentials: () => credentials as ClientCredentials,
+      clock,
+      logger: groupLogger,
+      metrics: metrics.forRoutes(names),
+    });
+    watchers.push(
+      new CredentialWatcher(
+        credentialFiles(group.token.credentials),
+        credentials,
+        () => readCredentials(group.token, env),
+        (next) => {
+          credentials = next;
+          tokens.credentialsChanged();
+        },
+        groupLogger,
+      ),
+    );
+    for (const name of names) managers.set(name, tokens);
+  }
+
+  const parts: RouteParts[] = [];
+  for (const route of config.routes) {
+    const tokens = managers.get(route.name) as TokenManager;
+    parts.push(await startRoute(route, tokens, metrics, deps, clock));
+  }
+  const admin = createAdminServer(metrics.registry, () => notReady(parts));
+
+  for (const tokens of new Set(managers.values())) tokens.start();
+  await Promise.all([
+    ...parts.map((p) => listen(p.server, p.route.listen.host, p.route.listen.port)),
+    listen(admin, config.admin.host, config.admin.port),
+  ]);
+  const adminAddress = admin.address() as AddressInfo;
+  const routes = parts.map((p) => ({
+    name: p.route.name,
+    address: p.server.address() as AddressInfo,
+  }));
+  for (const { name, address } of routes) {
+    logger.info({
+      event: 'listening',
+      route: name,
+      proxy: `${address.address}:${address.port}`,
+      admin: `${adminAddress.address}:${adminAddress.port}`,
+      upstream: parts.find((p) => p.route.name === name)?.route.upstream.url,
+    });
+  }
+
+  let shutdown: Promise<void> | undefined;
+  return {
+    proxyAddress: (routes[0] as (typeof routes)[number]).address,
+    routes,
+    adminAddress,
     metrics,
-  });
-  const watcher = new CredentialWatcher(
-    credentialFiles(config.token.credentials),
-    credentials,
-    () => readCredentials(config.token, env),
-    (next) => {
-      credentials = next;
-      tokens.credentialsChanged();
+    shutdown() {
+      shutdown ??= (async () => {
+        const inFlight = parts.reduce((n, p) => n + p.handler.inFlight, 0);
+        logger.info({ event: 'shutting_down', inFlight });
+        // Every route stops taking requests at once; they drain together within one timeout.
+        const left = await Promise.all(parts.map((p) => p.handler.drain(config.shutdown.timeout)));
+        const abandoned = left.reduce((n, l) => n + l, 0);
+        if (abandoned > 0) logger.warn({ event: 'shutdown_timeout', abandoned });
+        for (const watcher of watchers) watcher.close();
+        for (const tokens of new Set(managers.values())) tokens.stop();
+        for (const p of parts) p.server.closeAllConnections();
+        await Promise.all([
+          close(admin),
+          ...parts.flatMap((p) => [close(p.server), p.pacer.close(), p.forwarder.close()]),
+        ]);
+        logger.info({ event: 'stopped' });
+      })();
+      return shutdown;
     },
-    logger,
-  );
-  const shared = config.rateLimit.shared;
+  };
+}
+
+/**
+ * Why the proxy is not ready, or `undefined` when every route holds a valid token: the whole
+ * sidecar is one pod's readiness, and an application calling a route without a token would get
+ * 503s. One route's reason is a string as before; several are named route by route.
+ */
+function notReady(parts: readonly RouteParts[]): ReadinessReason | undefined {
+  if (parts.some((p) => p.handler.shuttingDown)) return 'shutting_down';
+  const routes: Record<string, string> = {};
+  for (const { route, tokens } of parts) {
+    if (tokens.current()) continue;
+    routes[route.name] = tokens.expiresAt === undefined ? 'no_token_yet' : 'token_expired';
+  }
+  const names = Object.keys(routes);
+  if (names.length === 0) return undefined;
+  return {
+    reason: names.length === 1 ? (routes[names[0] as string] as string) : 'routes_not_ready',
+    routes,
+  };
+}
+
+/** Builds one route's pacer, forwarder, handler and (not yet listening) server. */
+async function startRoute(
+  route: RouteConfig,
+  tokens: TokenManager,
+  metrics: Metrics,
+  deps: AppDeps,
+  clock: Clock,
+): Promise<RouteParts> {
+  const logger = deps.logger.child({ route: route.name });
+  const routeMetrics = metrics.forRoutes([route.name]);
+  const shared = route.rateLimit.shared;
   // Loaded only for a fleet: the Redis client alone adds ~23 MB to the sidecar's resident memory.
+  // Routes with the same key each reserve in the one budget in Redis, as replicas do.
   const store = shared
-    ? (await import('./pacing/shared-store.js')).createSharedStore(config.rateLimit, shared, {
+    ? (await import('./pacing/shared-store.js')).createSharedStore(route.rateLimit, shared, {
         clock,
         logger,
         registry: metrics.registry,
-        password: deps.redisPassword,
+        routes: [route.name],
+        password: shared.passwordFile ? deps.redisPasswords?.get(shared.passwordFile) : undefined,
         localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
       })
     : undefined;
-  const pacer: Pacer = createPacer(config.rateLimit, {
+  const pacer: Pacer = createPacer(route.rateLimit, {
     clock,
-    metrics,
+    metrics: routeMetrics,
     ...(store ? { store } : {}),
   });
-  const forwarder = new Forwarder(config.upstream);
-  const handler = new ProxyHandler({ config, tokens, pacer, forwarder, metrics, logger, clock });
+  const forwarder = new Forwarder(route.upstream);
+  const handler = new ProxyHandler({
+    config: route,
+    tokens,
+    pacer,
+    forwarder,
+    metrics: routeMetrics,
+    logger,
+    clock,
+  });
 
-  const proxy = createServer(handler.handle);
+  const server = createServer(handler.handle);
   // Node's defaults (5 s keep-alive) would drop idle client connections sooner than clients expect.
-  proxy.keepAliveTimeout = 65_000;
+  server.keepAliveTimeout = 65_000;
   // Requests that never reach the handler: malformed HTTP, CONNECT tunnels and protocol upgrades
   // (an API sidecar forwards requests, not sockets). Answered in the catalogue's format, then closed.
   const refuseOnSocket = (message: string) => (_: unknown, socket: Duplex) => {
-    metrics.requestsRejected.inc({ reason: 'bad_request' });
+    routeMetrics.requestsRejected.inc({ reason: 'bad_request' });
     if (!socket.writable) return;
     const body = new ProxyError('bad_request', message).body();
     socket.end(
       `HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: application/json\r\n${ERROR_HEADER}: bad_request\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
     );
   };
-  proxy.on('clientError', refuseOnSocket('The request is not valid HTTP.'));
-  proxy.on(
+  server.on('clientError', refuseOnSocket('The request is not valid HTTP.'));
+  server.on(
     'connect',
     refuseOnSocket('CONNECT is not supported: the proxy forwards to one upstream only.'),
   );
-  proxy.on('upgrade', refuseOnSocket('Protocol upgrades are not supported.'));
-  const admin = createAdminServer(metrics.registry, () => {
-    if (handler.shuttingDown) return 'shutting_down';
-    if (!tokens.current()) return tokens.expiresAt === undefined ? 'no_token_yet' : 'token_expired';
-    return undefined;
-  });
-
-  tokens.start();
-  await Promise.all([
-    listen(proxy, config.listen.host, config.listen.port),
-    listen(admin, config.admin.host, config.admin.port),
-  ]);
-  const proxyAddress = proxy.address() as AddressInfo;
-  const adminAddress = admin.address() as AddressInfo;
-  logger.info({
-    event: 'listening',
-    proxy: `${proxyAddress.address}:${proxyAddress.port}`,
-    admin: `${adminAddress.address}:${adminAddress.port}`,
-    upstream: config.upstream.url,
-  });
-
-  let shutdown: Promise<void> | undefined;
-  return {
-    proxyAddress,
-    adminAddress,
-    metrics,
-    shutdown() {
-      shutdown ??= (async () => {
-        logger.info({ event: 'shutting_down', inFlight: handler.inFlight });
-        const left = await handler.drain(config.shutdown.timeout);
-        if (left > 0) logger.warn({ event: 'shutdown_timeout', abandoned: left });
-        watcher.close();
-        tokens.stop();
-        proxy.closeAllConnections();
-        await Promise.all([close(proxy), close(admin), pacer.close(), forwarder.close()]);
-        logger.info({ event: 'stopped' });
-      })();
-      return shutdown;
-    },
-  };
+  server.on('upgrade', refuseOnSocket('Protocol upgrades are not supported.'));
+  return { route, tokens, pacer, forwarder, handler, server };
 }
 
 function listen(server: Server, host: string, port: number): Promise<void> {

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { startApp } from './app.js';
-import type { Config } from './config/config.js';
+import { startApp, tokenGroups } from './app.js';
+import type { Config, RouteConfig } from './config/config.js';
 import { formatDuration } from './config/duration.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import {
@@ -50,21 +50,45 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   const file = resolve(args.config ?? env.M2M_PROXY_CONFIG ?? 'config/m2m-proxy.yaml');
 
   let config: Config;
-  let credentials: ClientCredentials;
-  let redisPassword: string | undefined;
   try {
     config = await loadConfig(file, env);
-    credentials = await readCredentials(config.token, env);
-    const passwordFile = config.rateLimit.shared?.passwordFile;
-    if (passwordFile) redisPassword = readRedisPassword(passwordFile);
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof CredentialError) {
-      process.stderr.write(
-        `${err instanceof CredentialError ? `invalid credentials:\n  ${err.message}` : err.message}\n`,
-      );
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
       return EXIT.config;
     }
     throw err;
+  }
+  // Every token group's credentials and every Redis password, each failure named by its routes.
+  const single = config.token !== undefined;
+  const credentials = new Map<string, ClientCredentials>();
+  const redisPasswords = new Map<string, string>();
+  const problems: string[] = [];
+  const where = (routes: readonly RouteConfig[]) =>
+    single
+      ? ''
+      : `${routes.map((r) => `routes[${config.routes.indexOf(r)}] (${r.name})`).join(', ')}: `;
+  for (const group of tokenGroups(config)) {
+    try {
+      credentials.set(group.key, await readCredentials(group.token, env));
+    } catch (err) {
+      if (!(err instanceof CredentialError)) throw err;
+      problems.push(`${where(group.routes)}${err.message}`);
+    }
+  }
+  for (const route of config.routes) {
+    const passwordFile = route.rateLimit.shared?.passwordFile;
+    if (!passwordFile || redisPasswords.has(passwordFile)) continue;
+    try {
+      redisPasswords.set(passwordFile, readRedisPassword(passwordFile));
+    } catch (err) {
+      if (!(err instanceof CredentialError)) throw err;
+      problems.push(`${where([route])}${err.message}`);
+    }
+  }
+  if (problems.length > 0) {
+    process.stderr.write(`invalid credentials:\n${problems.map((p) => `  ${p}`).join('\n')}\n`);
+    return EXIT.config;
   }
 
   if (args.check) {
@@ -73,7 +97,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   }
 
   const logger = createLogger(config.log.level);
-  const app = await startApp({ config, credentials, redisPassword, env, logger });
+  const app = await startApp({ config, credentials, redisPasswords, env, logger });
   await new Promise<void>((done) => {
     const stop = (signal: NodeJS.Signals) => {
       logger.info({ event: 'signal', signal });
@@ -86,21 +110,49 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
 }
 
 /** The `--check` report: what will be used, never a secret (credentials show only their form). */
-function summary(file: string, c: Config, credentials: ClientCredentials): string {
-  const rl = c.rateLimit;
-  const creds = Object.entries(describeCredentials(credentials))
+function summary(
+  file: string,
+  c: Config,
+  credentials: ReadonlyMap<string, ClientCredentials>,
+): string {
+  const groups = tokenGroups(c);
+  const lines = [`configuration OK: ${file}`];
+  if (c.token !== undefined) {
+    const [route] = c.routes as [RouteConfig];
+    lines.push(
+      `  listen:      ${route.listen.host}:${route.listen.port}   admin: ${c.admin.host}:${c.admin.port}`,
+      ...routeSummary(route, credentials.get(groups[0]?.key ?? ''), '  '),
+    );
+    return `${lines.join('\n')}\n`;
+  }
+  lines.push(`  admin:       ${c.admin.host}:${c.admin.port}`, `  routes:      ${c.routes.length}`);
+  for (const route of c.routes) {
+    const group = groups.find((g) => g.routes.includes(route));
+    const others = group?.routes.filter((r) => r !== route).map((r) => r.name) ?? [];
+    lines.push(`  route ${route.name}: listen ${route.listen.host}:${route.listen.port}`);
+    lines.push(...routeSummary(route, credentials.get(group?.key ?? ''), '    '));
+    if (others.length > 0) lines.push(`    shares its token with: ${others.join(', ')}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** One route's lines of the `--check` report. */
+function routeSummary(
+  route: RouteConfig,
+  credentials: ClientCredentials | undefined,
+  indent: string,
+): string[] {
+  const { upstream, token, rateLimit: rl } = route;
+  const creds = Object.entries(credentials ? describeCredentials(credentials) : {})
     .map(([k, v]) => `${k}=${v}`)
     .join(', ');
-  const lines = [
-    `configuration OK: ${file}`,
-    `  listen:      ${c.listen.host}:${c.listen.port}   admin: ${c.admin.host}:${c.admin.port}`,
-    `  upstream:    ${c.upstream.url} (timeout ${formatDuration(c.upstream.timeout)}${c.upstream.caFile ? `, CA ${c.upstream.caFile}` : ''})`,
-    `  token:       ${c.token.url} (${c.token.authMethod}; renew at ${c.token.refreshAt} of the lifetime, ≥ ${formatDuration(c.token.minRemaining)} before expiry)`,
-    `  credentials: ${creds}`,
-    `  pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
-    `  shared:      ${rl.shared ? `${rl.shared.redis} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
-  ];
-  return `${lines.join('\n')}\n`;
+  return [
+    `upstream:    ${upstream.url} (timeout ${formatDuration(upstream.timeout)}${upstream.caFile ? `, CA ${upstream.caFile}` : ''})`,
+    `token:       ${token.url} (${token.authMethod}; renew at ${token.refreshAt} of the lifetime, ≥ ${formatDuration(token.minRemaining)} before expiry)`,
+    `credentials: ${creds}`,
+    `pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
+    `shared:      ${rl.shared ? `${rl.shared.redis} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
+  ].map((line) => indent + line);
 }
 
 main(process.argv.slice(2), process.env).then(

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import { ProxyError } from '../errors.js';
 import type { Cancellation } from './cancellation.js';
 import { responseHeaders } from './headers.js';
@@ -48,7 +48,7 @@ export class Forwarder {
   readonly #pool: Dispatcher;
   readonly #timeout: number;
 
-  constructor(config: Config['upstream'], dispatcher?: Dispatcher) {
+  constructor(config: RouteConfig['upstream'], dispatcher?: Dispatcher) {
     const origin = new URL(config.url).origin;
     this.#timeout = config.timeout;
     this.#pool =

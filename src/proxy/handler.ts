@@ -1,10 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Clock } from '../clock.js';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import type { Secret } from '../credentials/secret.js';
 import { ERROR_HEADER, ProxyError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { Metrics } from '../metrics/metrics.js';
+import type { RouteMetrics } from '../metrics/metrics.js';
 import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
 import { Cancellation } from './cancellation.js';
@@ -28,11 +28,12 @@ class ClientGone extends Error {
 }
 
 export interface HandlerDeps {
-  config: Config;
+  /** The route this handler serves (a file without `routes` has one, `default`). */
+  config: Pick<RouteConfig, 'upstream' | 'rateLimit'>;
   tokens: TokenManager;
   pacer: Pacer;
   forwarder: Forwarder;
-  metrics: Metrics;
+  metrics: RouteMetrics;
   logger: Logger;
   clock: Clock;
 }
