@@ -5,14 +5,14 @@ import { startWorld, type World } from './world.js';
 
 /** The fixed names and labels of CONTRACT.md, "Metrics". */
 const CONTRACT = {
-  m2m_proxy_token_refreshes_total: ['counter', ['result']],
-  m2m_proxy_token_refresh_failures_total: ['counter', ['reason']],
-  m2m_proxy_token_expiry_timestamp_seconds: ['gauge', []],
-  m2m_proxy_upstream_responses_total: ['counter', ['code']],
-  m2m_proxy_upstream_request_duration_seconds: ['histogram', []],
-  m2m_proxy_requests_rejected_total: ['counter', ['reason']],
-  m2m_proxy_queue_length: ['gauge', []],
-  m2m_proxy_queue_wait_seconds: ['histogram', []],
+  m2m_proxy_token_refreshes_total: ['counter', ['route', 'result']],
+  m2m_proxy_token_refresh_failures_total: ['counter', ['route', 'reason']],
+  m2m_proxy_token_expiry_timestamp_seconds: ['gauge', ['route']],
+  m2m_proxy_upstream_responses_total: ['counter', ['route', 'code']],
+  m2m_proxy_upstream_request_duration_seconds: ['histogram', ['route']],
+  m2m_proxy_requests_rejected_total: ['counter', ['route', 'reason']],
+  m2m_proxy_queue_length: ['gauge', ['route']],
+  m2m_proxy_queue_wait_seconds: ['histogram', ['route']],
 } as const;
 
 /** `# TYPE name type` lines of a Prometheus text exposition. */
@@ -51,9 +51,11 @@ describe('/metrics of a running proxy', () => {
         for (const line of series) expect(line).toContain(`${label}="`);
       }
     }
-    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{code="401"\} 2$/m);
-    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{code="403"\} 1$/m);
-    expect(text).toMatch(/^m2m_proxy_token_refreshes_total\{result="success"\} 2$/m);
+    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{route="default",code="401"\} 2$/m);
+    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{route="default",code="403"\} 1$/m);
+    expect(text).toMatch(
+      /^m2m_proxy_token_refreshes_total\{route="default",result="success"\} 2$/m,
+    );
     expect(text).toMatch(/^process_resident_memory_bytes /m); // prom-client's default metrics
   });
 
