@@ -183,6 +183,8 @@ export class RouteMetrics {
     const failures = byValue(counter(metrics.tokenRefreshFailures, 'reason'));
     this.tokenRefreshFailures = { inc: ({ reason }) => failures(reason) };
     this.tokenExpiry = { set: gauge(metrics.tokenExpiry) };
+    // "0 when no token is held": a labelled gauge would otherwise have no series until the first.
+    this.tokenExpiry.set(0);
     this.upstreamDuration = { observe: histogram(metrics.upstreamDuration) };
     const rejected = byValue(counter(metrics.requestsRejected, 'reason'));
     this.requestsRejected = { inc: ({ reason }) => rejected(reason) };
@@ -248,6 +250,8 @@ export class SharedBudgetMetrics {
       });
     const ups = routes.map((route) => up.labels({ route }));
     const errs = routes.map((route) => errors.labels({ route }));
+    // Exported at 0 from the start, as an unlabelled counter is: "no errors" is a reading too.
+    for (const child of errs) child.inc(0);
     const durations = routes.map((route) => reserve.labels({ route }));
     this.up = {
       set: (value) => {
