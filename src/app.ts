@@ -16,7 +16,7 @@ import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
-import type { Pacer } from './pacing/types.js';
+import type { Pacer, SlotStore } from './pacing/types.js';
 import { Forwarder } from './proxy/forward.js';
 import { ProxyHandler } from './proxy/handler.js';
 import { TokenClient } from './token/client.js';
@@ -120,10 +120,12 @@ export async function startApp(deps: AppDeps): Promise<App> {
     for (const name of names) managers.set(name, tokens);
   }
 
+  const stores = await sharedStores(config, metrics, deps, clock);
   const parts: RouteParts[] = [];
   for (const route of config.routes) {
     const tokens = managers.get(route.name) as TokenManager;
-    parts.push(await startRoute(route, tokens, metrics, deps, clock));
+    const store = route.rateLimit.shared ? stores.get(route.rateLimit.shared.key)?.() : undefined;
+    parts.push(startRoute(route, tokens, store, metrics, deps, clock));
   }
   const admin = createAdminServer(metrics.registry, () => notReady(parts));
 
@@ -195,29 +197,64 @@ function notReady(parts: readonly RouteParts[]): ReadinessReason | undefined {
   };
 }
 
-/** Builds one route's pacer, forwarder, handler and (not yet listening) server. */
-async function startRoute(
-  route: RouteConfig,
-  tokens: TokenManager,
+/**
+ * One shared-budget store per `rateLimit.shared.key`, whatever the number of routes using it:
+ * one Redis connection, and while Redis is unreachable the process paces those routes together
+ * at its one fallback share (a store per route would give the process one share per route).
+ * Each route gets its own handle from the factory; the store closes when the last one does.
+ */
+async function sharedStores(
+  config: Config,
   metrics: Metrics,
   deps: AppDeps,
   clock: Clock,
-): Promise<RouteParts> {
+): Promise<Map<string, () => SlotStore>> {
+  const byKey = new Map<string, RouteConfig[]>();
+  for (const route of config.routes) {
+    const key = route.rateLimit.shared?.key;
+    if (key !== undefined) byKey.set(key, [...(byKey.get(key) ?? []), route]);
+  }
+  const stores = new Map<string, () => SlotStore>();
+  if (byKey.size === 0) return stores;
+  // Loaded only for a fleet: the Redis client alone adds ~23 MB to the sidecar's resident memory.
+  const { createSharedStore } = await import('./pacing/shared-store.js');
+  for (const [key, routes] of byKey) {
+    const [first] = routes as [RouteConfig];
+    const shared = first.rateLimit.shared as NonNullable<RouteConfig['rateLimit']['shared']>;
+    const names = routes.map((r) => r.name);
+    // The configuration guarantees that these routes agree on the budget (perSecond, window, shared).
+    const store = createSharedStore(first.rateLimit, shared, {
+      clock,
+      logger: deps.logger.child({ route: names.join(',') }),
+      registry: metrics.registry,
+      routes: names,
+      password: shared.passwordFile ? deps.redisPasswords?.get(shared.passwordFile) : undefined,
+      localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
+    });
+    let open = routes.length;
+    stores.set(key, () =>
+      routes.length === 1
+        ? store
+        : {
+            reserve: (maxDelayMs, notBeforeMs) => store.reserve(maxDelayMs, notBeforeMs),
+            close: () => (--open === 0 ? store.close() : Promise.resolve()),
+          },
+    );
+  }
+  return stores;
+}
+
+/** Builds one route's pacer, forwarder, handler and (not yet listening) server. */
+function startRoute(
+  route: RouteConfig,
+  tokens: TokenManager,
+  store: SlotStore | undefined,
+  metrics: Metrics,
+  deps: AppDeps,
+  clock: Clock,
+): RouteParts {
   const logger = deps.logger.child({ route: route.name });
   const routeMetrics = metrics.forRoutes([route.name]);
-  const shared = route.rateLimit.shared;
-  // Loaded only for a fleet: the Redis client alone adds ~23 MB to the sidecar's resident memory.
-  // Routes with the same key each reserve in the one budget in Redis, as replicas do.
-  const store = shared
-    ? (await import('./pacing/shared-store.js')).createSharedStore(route.rateLimit, shared, {
-        clock,
-        logger,
-        registry: metrics.registry,
-        routes: [route.name],
-        password: shared.passwordFile ? deps.redisPasswords?.get(shared.passwordFile) : undefined,
-        localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
-      })
-    : undefined;
   const pacer: Pacer = createPacer(route.rateLimit, {
     clock,
     metrics: routeMetrics,
