@@ -86,10 +86,9 @@ interface Collectable {
 }
 
 /**
- * Installs `hook` as the scrape-time `collect` of a metric made elsewhere (the `Metrics` class)
- * and returns its removal. prom-client documents `collect` as a configuration option and keeps it
- * as a field that `get()` calls before every read, so setting it after construction is the same
- * hook, owned by the module that knows the value.
+ * Installs `hook` as the scrape-time `collect` of a route's gauge (`RouteGauge`, made by the
+ * `Metrics` class) and returns its removal. The gauge family's own prom-client `collect` calls
+ * every route's hook before each read, so the hook is owned by the module that knows the value.
  */
 function onCollect(metric: object, hook: () => void): () => void {
   const target = metric as Collectable;
