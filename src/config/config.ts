@@ -80,7 +80,7 @@ export const ROUTE_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 /** The name of the one route of a file without `routes`. */
 export const DEFAULT_ROUTE = 'default';
 
-/** The configuration file's shape and defaults without `routes` (CONTRACT.md, "Configuration"). */
+/** The configuration file's shape and defaults without `routes` (docs/configuration.md). */
 export const configSchema = object({
   listen: object({ host: string().default('127.0.0.1'), port: port().default(8080) }),
   admin,
@@ -101,7 +101,7 @@ export const routeSchema = object({
 });
 
 /**
- * The file's shape with `routes` (CONTRACT.md, "Several APIs: `routes`"): the top-level `listen`
+ * The file's shape with `routes` (docs/configuration.md, "Several APIs"): the top-level `listen`
  * only gives the routes' default host, and `upstream`/`token`/`rateLimit` live in each route.
  */
 export const routesConfigSchema = object({
