@@ -6,7 +6,7 @@
  *
  * Environment:
  *   BENCH_QUICK=1     shorter runs (smoke check, ~2 min); results go to results/quick.*
- *   BENCH_ONLY=a,b    only these runs: overhead, latency, token, pacing, memory, fleet
+ *   BENCH_ONLY=a,b    only these runs: overhead, latency, token, pacing, memory, fleet, routes
  *                     (results go to results/partial.*, as with BENCH_CPU_PROF)
  *   BENCH_ROUNDS=n    rounds per target in the interleaved runs (default 7, QUICK 1)
  *   BENCH_CPU_PROF=1  run m2m-proxy with --cpu-prof (profiles in results/prof, summarised)
@@ -32,9 +32,10 @@ import { runLatency } from './runs/latency.js';
 import { runMemory } from './runs/memory.js';
 import { METHODS, type OverheadResult, runOverhead } from './runs/overhead.js';
 import { runPacing } from './runs/pacing.js';
+import { type RoutesResult, runRoutes } from './runs/routes.js';
 import { runToken } from './runs/token.js';
 
-const RUNS = ['overhead', 'latency', 'token', 'pacing', 'memory', 'fleet'] as const;
+const RUNS = ['overhead', 'latency', 'token', 'pacing', 'memory', 'fleet', 'routes'] as const;
 type RunName = (typeof RUNS)[number];
 type Runner = (
   ctx: Ctx,
@@ -48,6 +49,7 @@ const TITLES: Record<RunName, string> = {
   pacing: '4. Pacing accuracy',
   memory: '5. Memory (RSS)',
   fleet: '6. Fleet (3 replicas, shared budget through Redis)',
+  routes: '7. Routes (several APIs in one process)',
 };
 
 const runners: Record<RunName, Runner> = {
@@ -57,7 +59,31 @@ const runners: Record<RunName, Runner> = {
   pacing: runPacing,
   memory: runMemory,
   fleet: runFleet,
+  routes: runRoutes,
 };
+
+/** The routes run's figures as a table (route count → req/s, latency, idle RSS). */
+function routesTable(r: RoutesResult): string {
+  const head = ['routes', 'req/s', '÷ 1 route', 'p50 ms', 'p99 ms', 'errors', 'idle RSS MiB'];
+  const rows = Object.entries(r.overhead.byRoutes).map(([n, s]) => [
+    n,
+    String(s.rps),
+    String(r.overhead.ratioTo1[n]),
+    s.p50.toFixed(2),
+    s.p99.toFixed(2),
+    String(s.errors),
+    String(r.memory.idleMiB[n]),
+  ]);
+  const saturated = r.saturated.map(
+    (s) =>
+      `  ${s.route} saturated at ${s.perSecond}/s: ${s.starts} starts, ${s.achievedPerSecond}/s, max ${s.maxInAnySecond} in any second, min gap ${s.minGapMs} ms on the ${s.measuredAt} (handler: max ${s.handler.maxInAnySecond}, min gap ${s.handler.minGapMs} ms)`,
+  );
+  return [
+    textTable(head, rows),
+    `  idle RSS per added route: ${r.memory.perAddedRouteMiB} MiB`,
+    ...saturated,
+  ].join('\n');
+}
 
 function cpuModel(): string {
   try {
@@ -140,6 +166,7 @@ async function main(): Promise<void> {
         const out = await runners[name](ctx, tokenEndpoint);
         results[name] = out.result;
         checks.push(...out.checks);
+        if (name === 'routes' && out.result) console.log(routesTable(out.result as RoutesResult));
         if (name === 'overhead' && out.result) {
           const tables = overheadTables(out.result as OverheadResult);
           console.log(tables.text);

@@ -1,10 +1,12 @@
 /**
- * `npm run demo`: a real IdP, a real upstream API with a WAF, and the built proxy between them,
- * all on loopback, with the commands to try printed on the terminal.
+ * `npm run demo`: a real IdP, two real upstream APIs with a WAF each, and the built proxy in
+ * front of both (two routes side by side: each API on its own port, with its own client, token
+ * and budget), all on loopback, with the commands to try printed on the terminal.
  *
- * Environment (all optional): DEMO_IDP_PORT (9400), DEMO_UPSTREAM_PORT (9401), DEMO_PROXY_PORT
- * (8080), DEMO_ADMIN_PORT (9090), DEMO_TOKEN_TTL seconds (30), DEMO_AUTH_METHOD
- * (client_secret_basic | client_secret_post | private_key_jwt), DEMO_WAF_MAX (60),
+ * Environment (all optional): DEMO_IDP_PORT (9400), DEMO_UPSTREAM_PORT (9401),
+ * DEMO_CRM_UPSTREAM_PORT (9402), DEMO_PROXY_PORT (8080), DEMO_CRM_PROXY_PORT (8081),
+ * DEMO_ADMIN_PORT (9090), DEMO_TOKEN_TTL seconds (30), DEMO_AUTH_METHOD (client_secret_basic |
+ * client_secret_post | private_key_jwt, for the orders API's client), DEMO_WAF_MAX (60),
  * DEMO_WAF_WINDOW_SECONDS (10).
  */
 import { randomBytes } from 'node:crypto';
@@ -39,7 +41,9 @@ const HOST = '127.0.0.1';
 const ports = {
   idp: intEnv('DEMO_IDP_PORT', 9400),
   upstream: intEnv('DEMO_UPSTREAM_PORT', 9401),
+  crmUpstream: intEnv('DEMO_CRM_UPSTREAM_PORT', 9402),
   proxy: intEnv('DEMO_PROXY_PORT', 8080),
+  crmProxy: intEnv('DEMO_CRM_PROXY_PORT', 8081),
   admin: intEnv('DEMO_ADMIN_PORT', 9090),
 };
 /** 30 s: short enough that background renewals show up within a minute of watching. */
@@ -59,6 +63,9 @@ if (!['client_secret_basic', 'client_secret_post', 'private_key_jwt'].includes(a
   );
 }
 const CLIENT_ID = 'demo-app';
+/** The second API's own client, with the smaller budget of a smaller service. */
+const CRM_CLIENT_ID = 'demo-crm';
+const crmWaf = { max: Math.max(1, Math.floor(waf.max / 3)), windowMs: waf.windowMs };
 
 const tty = process.stdout.isTTY;
 const paint = (code: number) => (s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
@@ -70,13 +77,14 @@ const tag = (who: string) => cyan(`[${who}]`.padEnd(11));
 
 let idp: Idp | undefined;
 let upstream: Upstream | undefined;
+let crmUpstream: Upstream | undefined;
 let proxy: ProxyProcess | undefined;
 let secrets: TempDir | undefined;
 let stopping = false;
 
 /** Closes whatever has been started, in reverse order. */
 async function closeServers(): Promise<void> {
-  await Promise.allSettled([upstream?.close(), idp?.close()]);
+  await Promise.allSettled([upstream?.close(), crmUpstream?.close(), idp?.close()]);
   await secrets?.remove();
 }
 
@@ -123,7 +131,16 @@ async function credentialFiles(dir: TempDir, idpHandle: Idp): Promise<Record<str
   };
 }
 
+/** The CRM client: always a secret in an authorization file, as most providers hand out. */
+async function crmCredentialFiles(dir: TempDir, idpHandle: Idp): Promise<Record<string, string>> {
+  const secret = randomBytes(24).toString('base64url');
+  idpHandle.setClient(makeSecretClient(CRM_CLIENT_ID, secret));
+  const basic = Buffer.from(`${CRM_CLIENT_ID}:${secret}`).toString('base64');
+  return { authorizationFile: await dir.write('crm-authorization', `Basic ${basic}\n`) };
+}
+
 function printTryLines(p: ProxyProcess, api: Upstream): void {
+  const crm = `http://${HOST}:${ports.crmProxy}`;
   const burst = (url: string, n: number) =>
     `seq ${n} | xargs -P 10 -I{} curl -s -o /dev/null -w '%{http_code}\\n' ${url}/echo/{} | sort | uniq -c`;
   const secs = waf.windowMs / 1000;
@@ -134,6 +151,17 @@ function printTryLines(p: ProxyProcess, api: Upstream): void {
     `  ${dim('# a request through the proxy: no credentials here, the proxy adds the bearer token')}`,
   );
   say(`  curl -s ${p.url}/echo/hello`);
+  say();
+  say(
+    `  ${dim(`# the second API on its own port: another client, another token, its own budget (2/s)`)}`,
+  );
+  say(`  curl -s ${crm}/echo/hello`);
+  say();
+  say(
+    `  ${dim('# both routes at once: orders drains at 6/s, crm at 2/s; neither slows the other (~15 s)')}`,
+  );
+  say(`  (${burst(p.url, 60)}) & (${burst(crm, 20)}); wait`);
+  say(`  curl -s ${p.adminUrl}/metrics | grep 'm2m_proxy_upstream_responses_total'`);
   say();
   say(`  ${dim('# the same path straight to the API is refused: it needs a token')}`);
   say(`  curl -si ${api.url}/echo/hello`);
@@ -197,11 +225,19 @@ async function main(): Promise<void> {
       basePath: '/api/v1',
       waf,
     });
+    crmUpstream = await startUpstream({
+      host: HOST,
+      port: ports.crmUpstream,
+      issuer: idp.issuer,
+      audience: idp.audience,
+      basePath: '/crm',
+      waf: crmWaf,
+    });
   } catch (err) {
     const inUse = err instanceof Error && 'code' in err && err.code === 'EADDRINUSE';
     say(
       inUse
-        ? `A demo port is already in use (${(err as Error).message}). Set DEMO_IDP_PORT, DEMO_UPSTREAM_PORT, DEMO_PROXY_PORT or DEMO_ADMIN_PORT.`
+        ? `A demo port is already in use (${(err as Error).message}). Set DEMO_IDP_PORT, DEMO_UPSTREAM_PORT, DEMO_CRM_UPSTREAM_PORT, DEMO_PROXY_PORT, DEMO_CRM_PROXY_PORT or DEMO_ADMIN_PORT.`
         : `Could not start the demo servers: ${String(err)}`,
     );
     await closeServers();
@@ -210,27 +246,42 @@ async function main(): Promise<void> {
 
   secrets = await tempDir('m2m-proxy-demo-');
   const credentials = await credentialFiles(secrets, idp);
+  const crmCredentials = await crmCredentialFiles(secrets, idp);
+  // A function, not a shared object: the printed YAML shows each route's block in full.
+  const token = () => ({
+    url: (idp as Idp).tokenUrl,
+    scope: 'read write',
+    refreshAt: 0.8,
+    // The default 30 s would be the whole lifetime of the demo's 30 s token.
+    minRemaining: '5s',
+    retry: { min: '1s', max: '10s' },
+  });
+  /** Paced to `perSecond` and kept under a WAF's window, with a margin for timing differences. */
+  const rateLimit = (perSecond: number, budget: typeof waf) => ({
+    perSecond,
+    burst: 1,
+    window: { max: Math.max(1, Math.floor(budget.max * 0.85)), length: `${budget.windowMs}ms` },
+    queue: { max: 1000, timeout: '30s' },
+  });
   const config = {
-    listen: { host: HOST, port: ports.proxy },
+    listen: { host: HOST },
     admin: { host: HOST, port: ports.admin },
-    upstream: { url: upstream.url, timeout: '30s' },
-    token: {
-      url: idp.tokenUrl,
-      authMethod,
-      credentials,
-      scope: 'read write',
-      refreshAt: 0.8,
-      // The default 30 s would be the whole lifetime of the demo's 30 s token.
-      minRemaining: '5s',
-      retry: { min: '1s', max: '10s' },
-    },
-    rateLimit: {
-      perSecond: 6,
-      burst: 1,
-      // Kept under the WAF's budget, with a margin for the two processes' timing differences.
-      window: { max: Math.max(1, Math.floor(waf.max * 0.85)), length: `${waf.windowMs}ms` },
-      queue: { max: 1000, timeout: '30s' },
-    },
+    routes: [
+      {
+        name: 'orders',
+        listen: { port: ports.proxy },
+        upstream: { url: upstream.url, timeout: '30s' },
+        token: { ...token(), authMethod, credentials },
+        rateLimit: rateLimit(6, waf),
+      },
+      {
+        name: 'crm',
+        listen: { port: ports.crmProxy },
+        upstream: { url: (crmUpstream as Upstream).url, timeout: '30s' },
+        token: { ...token(), credentials: crmCredentials },
+        rateLimit: rateLimit(2, crmWaf),
+      },
+    ],
     log: { level: 'info' },
     shutdown: { timeout: '5s' },
   };
@@ -241,6 +292,9 @@ async function main(): Promise<void> {
   );
   say(
     `${tag('upstream')}${upstream.url}  verifies tokens against ${idp.jwksUrl}; WAF ${waf.max} per ${waf.windowMs / 1000} s per address`,
+  );
+  say(
+    `${tag('upstream')}${(crmUpstream as Upstream).url}  (CRM) client ${CRM_CLIENT_ID}; WAF ${crmWaf.max} per ${crmWaf.windowMs / 1000} s per address`,
   );
   say(`${tag('demo')}credentials written to ${secrets.path}`);
   say(`${tag('demo')}proxy configuration:`);

@@ -3,9 +3,9 @@ import { createServer, type Server, type ServerResponse, STATUS_CODES } from 'no
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
-import { createAdminServer } from './admin/server.js';
+import { createAdminServer, type ReadinessReason } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
-import { type Config, displayUrl } from './config/config.js';
+import { type Config, displayUrl, type RouteConfig } from './config/config.js';
 import {
   type ClientCredentials,
   credentialFiles,
@@ -17,26 +17,58 @@ import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
-import type { Pacer } from './pacing/types.js';
+import type { Pacer, SlotStore } from './pacing/types.js';
 import { Forwarder } from './proxy/forward.js';
-import { ProxyHandler } from './proxy/handler.js';
+import { ProxyHandler, type ReplayBudget } from './proxy/handler.js';
 import { TokenClient } from './token/client.js';
 import { TokenManager } from './token/manager.js';
 
-/** A running proxy: both servers listening, the token being kept fresh. */
+/** A running proxy: every route's port and the admin port listening, the tokens kept fresh. */
 export interface App {
+  /** The first route's address (the only one of a file without `routes`). */
   readonly proxyAddress: AddressInfo;
+  /** Every route's address, in configuration order. */
+  readonly routes: ReadonlyArray<{ readonly name: string; readonly address: AddressInfo }>;
   readonly adminAddress: AddressInfo;
   readonly metrics: Metrics;
   /** SIGTERM's work: 503 for new requests, drain within `shutdown.timeout`, close everything. */
   shutdown(): Promise<void>;
 }
 
+/** Routes whose token blocks are equal: they share one `TokenManager`, so one token request. */
+export interface TokenGroup {
+  /** The token block, as every route of the group has it. */
+  readonly token: RouteConfig['token'];
+  /** Identifies the group in `AppDeps.credentials`. */
+  readonly key: string;
+  readonly routes: readonly RouteConfig[];
+}
+
+/**
+ * Groups the routes by token block. Equal means equal after defaults, key by key (endpoint,
+ * method, credential files, scope, audience, resource, params and the renewal settings): two
+ * blocks that differ in anything get separate tokens, however similar.
+ */
+export function tokenGroups(config: Config): TokenGroup[] {
+  const groups = new Map<
+    string,
+    { token: RouteConfig['token']; key: string; routes: RouteConfig[] }
+  >();
+  for (const route of config.routes) {
+    const key = JSON.stringify(route.token);
+    const group = groups.get(key);
+    if (group) group.routes.push(route);
+    else groups.set(key, { token: route.token, key, routes: [route] });
+  }
+  return [...groups.values()];
+}
+
 export interface AppDeps {
   config: Config;
-  credentials: ClientCredentials;
-  /** Contents of `rateLimit.shared.passwordFile`, read at start-up with the credentials. */
-  redisPassword?: string | undefined;
+  /** The credentials of each token group (`TokenGroup.key`), read at start-up. */
+  credentials: ReadonlyMap<string, ClientCredentials>;
+  /** Contents of each `rateLimit.shared.passwordFile` by path, read at start-up with the credentials. */
+  redisPasswords?: ReadonlyMap<string, string> | undefined;
   env: Readonly<Record<string, string | undefined>>;
   logger: Logger;
   clock?: Clock;
@@ -45,63 +77,250 @@ export interface AppDeps {
   version?: string;
 }
 
-/** Wires the modules together and starts listening at once (the first token is fetched meanwhile). */
+/** One route's running parts. */
+interface RouteParts {
+  readonly route: RouteConfig;
+  readonly tokens: TokenManager;
+  readonly pacer: Pacer;
+  readonly forwarder: Forwarder;
+  readonly handler: ProxyHandler;
+  readonly server: Server;
+}
+
+/** Wires the modules together and starts listening at once (the first tokens are fetched meanwhile). */
 export async function startApp(deps: AppDeps): Promise<App> {
   const { config, logger, env } = deps;
   const clock = deps.clock ?? systemClock;
   const metrics = new Metrics(deps.registry ?? new Registry(), {
     ...(deps.version ? { version: deps.version } : {}),
   });
-  let credentials = deps.credentials;
 
-  const tokens = new TokenManager({
-    config: config.token,
-    source: new TokenClient(config.token),
-    credentials: () => credentials,
-    clock,
-    logger,
-    metrics,
-  });
-  const watcher = new CredentialWatcher(
-    credentialFiles(config.token.credentials),
-    credentials,
-    () => readCredentials(config.token, env),
-    (next) => {
-      credentials = next;
-      tokens.credentialsChanged();
-    },
-    logger,
+  const managers = new Map<string, TokenManager>();
+  const watchers: CredentialWatcher[] = [];
+  for (const group of tokenGroups(config)) {
+    const names = group.routes.map((r) => r.name);
+    const groupLogger = logger.child({ route: names.join(',') });
+    let credentials = deps.credentials.get(group.key);
+    if (!credentials) throw new Error(`no credentials for the token of ${names.join(', ')}`);
+    const tokens = new TokenManager({
+      config: group.token,
+      source: new TokenClient(group.token),
+      credentials: () => credentials as ClientCredentials,
+      clock,
+      logger: groupLogger,
+      metrics: metrics.forRoutes(names),
+    });
+    watchers.push(
+      new CredentialWatcher(
+        credentialFiles(group.token.credentials),
+        credentials,
+        () => readCredentials(group.token, env),
+        (next) => {
+          credentials = next;
+          tokens.credentialsChanged();
+        },
+        groupLogger,
+      ),
+    );
+    for (const name of names) managers.set(name, tokens);
+  }
+
+  const stores = await sharedStores(config, metrics, deps, clock);
+  const parts: RouteParts[] = [];
+  // One budget for the process: limits.connections is shared evenly by the routes' ports, and
+  // kept bodies of every route draw from one limits.replayBytes.
+  const maxConnections = Math.max(
+    1,
+    Math.floor(connectionLimit(config.limits.connections, logger) / config.routes.length),
   );
-  const shared = config.rateLimit.shared;
-  // Loaded only for a fleet: the Redis client alone adds ~23 MB to the sidecar's resident memory.
-  const store = shared
-    ? (await import('./pacing/shared-store.js')).createSharedStore(config.rateLimit, shared, {
-        clock,
-        logger,
-        registry: metrics.registry,
-        password: deps.redisPassword,
-        localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
-      })
-    : undefined;
-  const pacer: Pacer = createPacer(config.rateLimit, {
-    clock,
+  const replay: ReplayBudget = { held: 0 };
+  for (const route of config.routes) {
+    const tokens = managers.get(route.name) as TokenManager;
+    const store = route.rateLimit.shared ? stores.get(route.rateLimit.shared.key)?.() : undefined;
+    parts.push(startRoute(route, { tokens, store, metrics, deps, clock, maxConnections, replay }));
+  }
+  const admin = createAdminServer(metrics.registry, () => notReady(parts));
+
+  // A file without routes names its keys as before (`listen.port`); a route's start `routes[i]`.
+  const single = config.token !== undefined;
+  const bound = await Promise.allSettled([
+    ...parts.map((p, i) =>
+      listen(
+        p.server,
+        p.route.listen.host,
+        p.route.listen.port,
+        single ? 'listen' : `routes[${i}].listen`,
+      ),
+    ),
+    listen(admin, config.admin.host, config.admin.port, 'admin'),
+  ]);
+  const failed = bound.find((b): b is PromiseRejectedResult => b.status === 'rejected');
+  if (failed) {
+    // Nothing stays listening: the process exits 2 and names the key to change.
+    for (const watcher of watchers) watcher.close();
+    await Promise.all([
+      close(admin),
+      ...parts.flatMap((p) => [close(p.server), p.pacer.close(), p.forwarder.close()]),
+    ]);
+    throw failed.reason;
+  }
+  for (const tokens of new Set(managers.values())) tokens.start();
+  const adminAddress = admin.address() as AddressInfo;
+  const routes = parts.map((p) => ({
+    name: p.route.name,
+    address: p.server.address() as AddressInfo,
+  }));
+  for (const { name, address } of routes) {
+    logger.info({
+      event: 'listening',
+      route: name,
+      proxy: `${address.address}:${address.port}`,
+      admin: `${adminAddress.address}:${adminAddress.port}`,
+      upstream: displayUrl(parts.find((p) => p.route.name === name)?.route.upstream.url ?? ''),
+    });
+  }
+
+  let shutdown: Promise<void> | undefined;
+  return {
+    proxyAddress: (routes[0] as (typeof routes)[number]).address,
+    routes,
+    adminAddress,
     metrics,
+    shutdown() {
+      shutdown ??= (async () => {
+        const inFlight = parts.reduce((n, p) => n + p.handler.inFlight, 0);
+        logger.info({ event: 'shutting_down', inFlight });
+        // Every route stops taking requests at once; they drain together within one timeout.
+        const left = await Promise.all(parts.map((p) => p.handler.drain(config.shutdown.timeout)));
+        const abandoned = left.reduce((n, l) => n + l, 0);
+        if (abandoned > 0) logger.warn({ event: 'shutdown_timeout', abandoned });
+        for (const watcher of watchers) watcher.close();
+        for (const tokens of new Set(managers.values())) tokens.stop();
+        for (const p of parts) p.server.closeAllConnections();
+        await Promise.all([
+          close(admin),
+          ...parts.flatMap((p) => [close(p.server), p.pacer.close(), p.forwarder.close()]),
+        ]);
+        logger.info({ event: 'stopped' });
+      })();
+      return shutdown;
+    },
+  };
+}
+
+/**
+ * Why the proxy is not ready, or `undefined` when every route holds a valid token: the whole
+ * sidecar is one pod's readiness, and an application calling a route without a token would get
+ * 503s. One route's reason is a string as before; several are named route by route.
+ */
+function notReady(parts: readonly RouteParts[]): ReadinessReason | undefined {
+  if (parts.some((p) => p.handler.shuttingDown)) return 'shutting_down';
+  const routes: Record<string, string> = {};
+  for (const { route, tokens } of parts) {
+    if (tokens.current()) continue;
+    routes[route.name] = tokens.expiresAt === undefined ? 'no_token_yet' : 'token_expired';
+  }
+  const names = Object.keys(routes);
+  if (names.length === 0) return undefined;
+  return {
+    reason: names.length === 1 ? (routes[names[0] as string] as string) : 'routes_not_ready',
+    routes,
+  };
+}
+
+/**
+ * One shared-budget store per `rateLimit.shared.key`, whatever the number of routes using it:
+ * one Redis connection, and while Redis is unreachable the process paces those routes together
+ * at its one fallback share (a store per route would give the process one share per route).
+ * Each route gets its own handle from the factory; the store closes when the last one does.
+ */
+async function sharedStores(
+  config: Config,
+  metrics: Metrics,
+  deps: AppDeps,
+  clock: Clock,
+): Promise<Map<string, () => SlotStore>> {
+  const byKey = new Map<string, RouteConfig[]>();
+  for (const route of config.routes) {
+    const key = route.rateLimit.shared?.key;
+    if (key !== undefined) byKey.set(key, [...(byKey.get(key) ?? []), route]);
+  }
+  const stores = new Map<string, () => SlotStore>();
+  if (byKey.size === 0) return stores;
+  // Loaded only for a fleet: the Redis client alone adds ~23 MB to the sidecar's resident memory.
+  const { createSharedStore } = await import('./pacing/shared-store.js');
+  for (const [key, routes] of byKey) {
+    const [first] = routes as [RouteConfig];
+    const shared = first.rateLimit.shared as NonNullable<RouteConfig['rateLimit']['shared']>;
+    const names = routes.map((r) => r.name);
+    // The configuration guarantees that these routes agree on the budget (perSecond, window, shared).
+    const store = createSharedStore(first.rateLimit, shared, {
+      clock,
+      logger: deps.logger.child({ route: names.join(',') }),
+      registry: metrics.registry,
+      routes: names,
+      password: shared.passwordFile ? deps.redisPasswords?.get(shared.passwordFile) : undefined,
+      localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
+    });
+    let open = routes.length;
+    stores.set(key, () =>
+      routes.length === 1
+        ? store
+        : {
+            reserve: (maxDelayMs, notBeforeMs) => store.reserve(maxDelayMs, notBeforeMs),
+            close: () => (--open === 0 ? store.close() : Promise.resolve()),
+          },
+    );
+  }
+  return stores;
+}
+
+/** What one route's parts are built from. */
+interface RouteDeps {
+  tokens: TokenManager;
+  store: SlotStore | undefined;
+  metrics: Metrics;
+  deps: AppDeps;
+  clock: Clock;
+  /** This route's share of `limits.connections`. */
+  maxConnections: number;
+  replay: ReplayBudget;
+}
+
+/** Builds one route's pacer, forwarder, handler and (not yet listening) server. */
+function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
+  const { tokens, store, metrics, deps, clock } = parts;
+  const { limits } = deps.config;
+  const logger = deps.logger.child({ route: route.name });
+  const routeMetrics = metrics.forRoutes([route.name]);
+  const pacer: Pacer = createPacer(route.rateLimit, {
+    clock,
+    metrics: routeMetrics,
     ...(store ? { store } : {}),
   });
-  const forwarder = new Forwarder(config.upstream);
-  const handler = new ProxyHandler({ config, tokens, pacer, forwarder, metrics, logger, clock });
+  const forwarder = new Forwarder(route.upstream);
+  const handler = new ProxyHandler({
+    config: route,
+    limits,
+    replay: parts.replay,
+    tokens,
+    pacer,
+    forwarder,
+    metrics: routeMetrics,
+    logger,
+    clock,
+  });
 
-  const { limits } = config;
   // Node checks both timeouts on this interval (default 30 s, too coarse for a 10 s bound).
   // A streamed body may take as long as the request may wait and run: never cut it sooner.
   const requestTimeout =
     limits.headersTimeout +
     limits.bodyTimeout +
-    config.rateLimit.queue.timeout +
-    config.upstream.timeout;
+    route.rateLimit.queue.timeout +
+    route.upstream.timeout;
   /** The response each connection is answering, if any (a parse error must not contradict it). */
   const answering = new WeakMap<Duplex, ServerResponse>();
-  const proxy = createServer(
+  const server = createServer(
     {
       headersTimeout: limits.headersTimeout,
       requestTimeout,
@@ -113,8 +332,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
     },
   );
   // Node's defaults (5 s keep-alive) would drop idle client connections sooner than clients expect.
-  proxy.keepAliveTimeout = 65_000;
-  proxy.maxConnections = connectionLimit(limits.connections, logger);
+  server.keepAliveTimeout = 65_000;
+  server.maxConnections = parts.maxConnections;
   /** Sockets already refused or closing (Node may report several parse errors for one socket). */
   const closing = new WeakSet<Duplex>();
   // Requests that never reach the handler: malformed HTTP, slow clients, CONNECT tunnels and
@@ -124,7 +343,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
   const refuse = (socket: Duplex, error: ProxyError) => {
     if (closing.has(socket)) return;
     closing.add(socket);
-    metrics.requestsRejected.inc({ reason: error.code });
+    routeMetrics.requestsRejected.inc({ reason: error.code });
     if (!socket.writable) {
       socket.destroy();
       return;
@@ -135,7 +354,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
       () => socket.destroy(),
     );
   };
-  proxy.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     const res = answering.get(socket);
     if (res && !res.writableFinished) {
       // Bytes after a request that is being answered (pipelined garbage, a body cut by the
@@ -158,7 +377,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
         : new ProxyError('bad_request', 'The request is not valid HTTP.'),
     );
   });
-  proxy.on('connect', (_: unknown, socket: Duplex) =>
+  server.on('connect', (_: unknown, socket: Duplex) =>
     refuse(
       socket,
       new ProxyError(
@@ -167,56 +386,10 @@ export async function startApp(deps: AppDeps): Promise<App> {
       ),
     ),
   );
-  proxy.on('upgrade', (_: unknown, socket: Duplex) =>
+  server.on('upgrade', (_: unknown, socket: Duplex) =>
     refuse(socket, new ProxyError('bad_request', 'Protocol upgrades are not supported.')),
   );
-  const admin = createAdminServer(metrics.registry, () => {
-    if (handler.shuttingDown) return 'shutting_down';
-    if (!tokens.current()) return tokens.expiresAt === undefined ? 'no_token_yet' : 'token_expired';
-    return undefined;
-  });
-
-  const bound = await Promise.allSettled([
-    listen(proxy, config.listen.host, config.listen.port, 'listen'),
-    listen(admin, config.admin.host, config.admin.port, 'admin'),
-  ]);
-  const failed = bound.find((b): b is PromiseRejectedResult => b.status === 'rejected');
-  if (failed) {
-    // Nothing stays listening: the process exits 2 and names the key to change.
-    watcher.close();
-    tokens.stop();
-    await Promise.all([close(proxy), close(admin), pacer.close(), forwarder.close()]);
-    throw failed.reason;
-  }
-  tokens.start();
-  const proxyAddress = proxy.address() as AddressInfo;
-  const adminAddress = admin.address() as AddressInfo;
-  logger.info({
-    event: 'listening',
-    proxy: `${proxyAddress.address}:${proxyAddress.port}`,
-    admin: `${adminAddress.address}:${adminAddress.port}`,
-    upstream: displayUrl(config.upstream.url),
-  });
-
-  let shutdown: Promise<void> | undefined;
-  return {
-    proxyAddress,
-    adminAddress,
-    metrics,
-    shutdown() {
-      shutdown ??= (async () => {
-        logger.info({ event: 'shutting_down', inFlight: handler.inFlight });
-        const left = await handler.drain(config.shutdown.timeout);
-        if (left > 0) logger.warn({ event: 'shutdown_timeout', abandoned: left });
-        watcher.close();
-        tokens.stop();
-        proxy.closeAllConnections();
-        await Promise.all([close(proxy), close(admin), pacer.close(), forwarder.close()]);
-        logger.info({ event: 'stopped' });
-      })();
-      return shutdown;
-    },
-  };
+  return { route, tokens, pacer, forwarder, handler, server };
 }
 
 /**

@@ -2,8 +2,8 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { type App, ListenError, startApp } from './app.js';
-import { type Config, displayUrl } from './config/config.js';
+import { type App, ListenError, startApp, tokenGroups } from './app.js';
+import { type Config, displayUrl, type RouteConfig } from './config/config.js';
 import { formatDuration } from './config/duration.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import {
@@ -76,10 +76,14 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     process.stderr.write(loaded.problems);
     return EXIT.config;
   }
-  const { config, credentials, redisPassword } = loaded;
+  const { config, credentials, redisPasswords } = loaded;
   const exposed = worldReadable([
-    ...credentialFiles(config.token.credentials),
-    ...(config.rateLimit.shared?.passwordFile ? [config.rateLimit.shared.passwordFile] : []),
+    ...new Set(
+      config.routes.flatMap((route) => [
+        ...credentialFiles(route.token.credentials),
+        ...(route.rateLimit.shared?.passwordFile ? [route.rateLimit.shared.passwordFile] : []),
+      ]),
+    ),
   ]);
 
   if (args.check) {
@@ -101,7 +105,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     app = await startApp({
       config,
       credentials,
-      redisPassword,
+      redisPasswords,
       env,
       logger,
       version: packageVersion(),
@@ -127,7 +131,11 @@ async function load(
   file: string,
   env: NodeJS.ProcessEnv,
 ): Promise<
-  | { config: Config; credentials: ClientCredentials; redisPassword: string | undefined }
+  | {
+      config: Config;
+      credentials: Map<string, ClientCredentials>;
+      redisPasswords: Map<string, string>;
+    }
   | { problems: string }
 > {
   const configProblems: string[] = [];
@@ -141,41 +149,68 @@ async function load(
     configProblems.push(...err.problems);
     partial = err.partial;
   }
-  // With configuration errors, the files it names are still read (from what could be decoded),
-  // so that one run reports every problem.
-  const source = config ?? (partial as DeepPartial<Config> | undefined);
-  let credentials: ClientCredentials | undefined;
-  let redisPassword: string | undefined;
-  const token = source?.token;
-  if (token?.credentials && token.authMethod) {
+  /** Runs one file read; its problems are listed under `label` (the routes it belongs to). */
+  const read = async <T>(label: string, run: () => T | Promise<T>): Promise<T | undefined> => {
     try {
-      // Decoded sections always have their defaults: only keys with errors are missing.
-      credentials = await readCredentials(token as Config['token'], env);
+      return await run();
     } catch (err) {
-      if (!(err instanceof CredentialError)) throw err;
-      fileProblems.push(...err.problems);
+      if (!(err instanceof CredentialError || err instanceof ConfigError)) throw err;
+      fileProblems.push(...err.problems.map((p) => label + p));
+      return undefined;
+    }
+  };
+  const credentials = new Map<string, ClientCredentials>();
+  const redisPasswords = new Map<string, string>();
+  const caFiles = new Set<string>();
+  if (config) {
+    const valid = config;
+    const single = valid.token !== undefined;
+    const where = (routes: readonly RouteConfig[]) =>
+      single
+        ? ''
+        : `${routes.map((r) => `routes[${valid.routes.indexOf(r)}] (${r.name})`).join(', ')}: `;
+    for (const group of tokenGroups(valid)) {
+      const read1 = await read(where(group.routes), () => readCredentials(group.token, env));
+      if (read1) credentials.set(group.key, read1);
+    }
+    for (const route of valid.routes) {
+      const passwordFile = route.rateLimit.shared?.passwordFile;
+      if (passwordFile && !redisPasswords.has(passwordFile)) {
+        const password = await read(where([route]), () => readRedisPassword(passwordFile));
+        if (password !== undefined) redisPasswords.set(passwordFile, password);
+      }
+      const caFile = route.upstream.caFile;
+      if (caFile && !caFiles.has(caFile)) {
+        caFiles.add(caFile);
+        await read(where([route]), () => readCaFile(caFile));
+      }
+    }
+  } else {
+    // With configuration errors, the files it names are still read (from what could be decoded),
+    // so that one run reports every problem.
+    const source = partial as DeepPartial<Config> | undefined;
+    const routes: Array<[string, DeepPartial<RouteConfig> | undefined]> = Array.isArray(
+      source?.routes,
+    )
+      ? (source.routes as Array<DeepPartial<RouteConfig> | undefined>).map((r, i) => [
+          `routes[${i}]: `,
+          r,
+        ])
+      : [['', source as DeepPartial<RouteConfig> | undefined]];
+    for (const [label, route] of routes) {
+      const token = route?.token;
+      if (token?.credentials && token.authMethod) {
+        // Decoded sections always have their defaults: only keys with errors are missing.
+        await read(label, () => readCredentials(token as RouteConfig['token'], env));
+      }
+      const passwordFile = route?.rateLimit?.shared?.passwordFile;
+      if (passwordFile) await read(label, () => readRedisPassword(passwordFile));
+      const caFile = route?.upstream?.caFile;
+      if (caFile) await read(label, () => readCaFile(caFile));
     }
   }
-  const passwordFile = source?.rateLimit?.shared?.passwordFile;
-  if (passwordFile) {
-    try {
-      redisPassword = readRedisPassword(passwordFile);
-    } catch (err) {
-      if (!(err instanceof CredentialError)) throw err;
-      fileProblems.push(...err.problems);
-    }
-  }
-  const caFile = source?.upstream?.caFile;
-  if (caFile) {
-    try {
-      readCaFile(caFile);
-    } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      fileProblems.push(...err.problems);
-    }
-  }
-  if (config && credentials && fileProblems.length === 0) {
-    return { config, credentials, redisPassword };
+  if (config && configProblems.length === 0 && fileProblems.length === 0) {
+    return { config, credentials, redisPasswords };
   }
   const section = (title: string, lines: string[]) =>
     lines.length > 0 ? `${title}\n${lines.map((l) => `  ${l}`).join('\n')}\n` : '';
@@ -193,27 +228,55 @@ type DeepPartial<T> = { readonly [K in keyof T]?: T[K] extends object ? DeepPart
 function summary(
   file: string,
   c: Config,
-  credentials: ClientCredentials,
+  credentials: ReadonlyMap<string, ClientCredentials>,
   exposed: readonly string[],
 ): string {
-  const rl = c.rateLimit;
-  const creds = Object.entries(describeCredentials(credentials))
-    .map(([k, v]) => `${k}=${v}`)
-    .join(', ');
-  const lines = [
-    `configuration OK: ${file}`,
-    `  listen:      ${c.listen.host}:${c.listen.port}   admin: ${c.admin.host}:${c.admin.port}`,
-    `  upstream:    ${displayUrl(c.upstream.url)} (timeout ${formatDuration(c.upstream.timeout)}${c.upstream.caFile ? `, CA ${c.upstream.caFile}` : ''})`,
-    `  token:       ${displayUrl(c.token.url)} (${c.token.authMethod}; renew at ${c.token.refreshAt} of the lifetime, ≥ ${formatDuration(c.token.minRemaining)} before expiry)`,
-    `  credentials: ${creds}`,
-    `  pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
-    `  shared:      ${rl.shared ? `${displayUrl(rl.shared.redis)} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
+  const groups = tokenGroups(c);
+  const lines = [`configuration OK: ${file}`];
+  const tail = [
     `  limits:      ${c.limits.connections} connections; headers within ${formatDuration(c.limits.headersTimeout)}, kept bodies within ${formatDuration(c.limits.bodyTimeout)}; ${c.limits.replayBytes} bytes of kept bodies`,
     ...exposed.map(
       (f) => `  warning:     ${f} is readable by every user of the host (use mode 0400 or 0440)`,
     ),
   ];
+  if (c.token !== undefined) {
+    const [route] = c.routes as [RouteConfig];
+    lines.push(
+      `  listen:      ${route.listen.host}:${route.listen.port}   admin: ${c.admin.host}:${c.admin.port}`,
+      ...routeSummary(route, credentials.get(groups[0]?.key ?? ''), '  '),
+      ...tail,
+    );
+    return `${lines.join('\n')}\n`;
+  }
+  lines.push(`  admin:       ${c.admin.host}:${c.admin.port}`, `  routes:      ${c.routes.length}`);
+  for (const route of c.routes) {
+    const group = groups.find((g) => g.routes.includes(route));
+    const others = group?.routes.filter((r) => r !== route).map((r) => r.name) ?? [];
+    lines.push(`  route ${route.name}: listen ${route.listen.host}:${route.listen.port}`);
+    lines.push(...routeSummary(route, credentials.get(group?.key ?? ''), '    '));
+    if (others.length > 0) lines.push(`    shares its token with: ${others.join(', ')}`);
+  }
+  lines.push(...tail);
   return `${lines.join('\n')}\n`;
+}
+
+/** One route's lines of the `--check` report. */
+function routeSummary(
+  route: RouteConfig,
+  credentials: ClientCredentials | undefined,
+  indent: string,
+): string[] {
+  const { upstream, token, rateLimit: rl } = route;
+  const creds = Object.entries(credentials ? describeCredentials(credentials) : {})
+    .map(([k, v]) => `${k}=${v}`)
+    .join(', ');
+  return [
+    `upstream:    ${displayUrl(upstream.url)} (timeout ${formatDuration(upstream.timeout)}${upstream.caFile ? `, CA ${upstream.caFile}` : ''})`,
+    `token:       ${displayUrl(token.url)} (${token.authMethod}; renew at ${token.refreshAt} of the lifetime, ≥ ${formatDuration(token.minRemaining)} before expiry)`,
+    `credentials: ${creds}`,
+    `pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
+    `shared:      ${rl.shared ? `${displayUrl(rl.shared.redis)} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
+  ].map((line) => indent + line);
 }
 
 main(process.argv.slice(2), process.env).then(

@@ -26,6 +26,12 @@ export interface M2mOptions {
   token?: Record<string, unknown>;
   /** Start node with `--cpu-prof` (profile written on exit into bench/results/prof). */
   cpuProf?: boolean;
+  /**
+   * Serve these routes (`routes:` in the configuration) instead of one API: each with its own
+   * port, upstream and `rateLimit`, all with the same token block (so one token). `upstreamUrl`
+   * and `rateLimit` above are then unused.
+   */
+  routes?: ReadonlyArray<{ upstreamUrl: string; rateLimit?: Record<string, unknown> }>;
 }
 
 export class M2mProxy {
@@ -36,6 +42,8 @@ export class M2mProxy {
     readonly port: number,
     readonly adminPort: number,
     private readonly dir: string,
+    /** Every route's port (the first is `port`); one entry without routes. */
+    readonly ports: readonly number[] = [port],
   ) {
     const keep = (d: Buffer) => {
       this.output.push(...d.toString().split('\n').filter(Boolean));
@@ -73,20 +81,38 @@ export class M2mProxy {
     writeFileSync(clientIdFile, 'bench-client\n', { mode: 0o600 });
     writeFileSync(clientSecretFile, 'bench-secret\n', { mode: 0o600 });
     const [port, adminPort] = [await freePort(), await freePort()];
-    const config = {
-      listen: { host: '127.0.0.1', port },
+    const token = {
+      url: opts.tokenUrl,
+      authMethod: 'client_secret_basic',
+      credentials: { clientIdFile, clientSecretFile },
+      ...opts.token,
+    };
+    const ports = [port];
+    for (let i = 1; i < (opts.routes?.length ?? 1); i++) ports.push(await freePort());
+    const common = {
       admin: { host: '127.0.0.1', port: adminPort },
-      upstream: { url: opts.upstreamUrl, timeout: '300s' },
-      token: {
-        url: opts.tokenUrl,
-        authMethod: 'client_secret_basic',
-        credentials: { clientIdFile, clientSecretFile },
-        ...opts.token,
-      },
-      rateLimit: opts.rateLimit ?? { perSecond: 0, window: { max: 0 } },
       log: { level: 'warn' },
       shutdown: { timeout: '5s' },
     };
+    const config = opts.routes
+      ? {
+          ...common,
+          listen: { host: '127.0.0.1' },
+          routes: opts.routes.map((route, i) => ({
+            name: `route-${i}`,
+            listen: { port: ports[i] },
+            upstream: { url: route.upstreamUrl, timeout: '300s' },
+            token,
+            rateLimit: route.rateLimit ?? { perSecond: 0, window: { max: 0 } },
+          })),
+        }
+      : {
+          ...common,
+          listen: { host: '127.0.0.1', port },
+          upstream: { url: opts.upstreamUrl, timeout: '300s' },
+          token,
+          rateLimit: opts.rateLimit ?? { perSecond: 0, window: { max: 0 } },
+        };
     const configFile = join(dir, 'm2m-proxy.yaml');
     // JSON is YAML: no serializer needed, and the file stays readable when a run fails.
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
@@ -101,7 +127,7 @@ export class M2mProxy {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NODE_ENV: 'production' },
     });
-    const proxy = new M2mProxy(child, port, adminPort, dir);
+    const proxy = new M2mProxy(child, port, adminPort, dir, ports);
     try {
       await waitForHttp(`${proxy.adminUrl}/${waitFor === 'ready' ? 'readyz' : 'healthz'}`, {
         child,

@@ -92,7 +92,7 @@ export function histogramQuantile(
 
 /** The value of an unlabelled gauge or counter sample in exposition text. */
 export function metricValue(text: string, name: string): number | undefined {
-  const m = new RegExp(`^${name}(?:\\{\\})?\\s+(\\S+)`, 'm').exec(text);
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})?\\s+(\\S+)`, 'm').exec(text);
   return m?.[1] === undefined ? undefined : Number(m[1]);
 }
 

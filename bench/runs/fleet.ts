@@ -139,7 +139,9 @@ export async function runFleet(
     const texts = await Promise.all(fleet.map((proxy) => proxy.metrics()));
     const count200 = (text: string | undefined) =>
       Number(
-        /^m2m_proxy_upstream_responses_total\{code="200"\} (\S+)$/m.exec(text ?? '')?.[1] ?? 0,
+        /^m2m_proxy_upstream_responses_total\{route="default",code="200"\} (\S+)$/m.exec(
+          text ?? '',
+        )?.[1] ?? 0,
       );
     const perReplica = texts.map((text, i) => count200(text) - count200(warm[i]));
     const roundTripMs = (q: number) =>

@@ -1,8 +1,16 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 
+/**
+ * Why the proxy cannot serve: a reason for the whole process (`shutting_down`), or one with the
+ * routes that have no valid token, each with its own reason (`no_token_yet`, `token_expired`).
+ */
+export type ReadinessReason =
+  | string
+  | { readonly reason: string; readonly routes: Readonly<Record<string, string>> };
+
 /** What `/readyz` asks: why the proxy cannot serve, or `undefined` when it can. */
-export type ReadinessProbe = () => string | undefined;
+export type ReadinessProbe = () => ReadinessReason | undefined;
 
 /**
  * The admin port (docs/behaviour.md, "Admin port"): `/metrics` in Prometheus text format, `/healthz`
@@ -30,7 +38,8 @@ export function createAdminServer(registry: Registry, notReadyReason: ReadinessP
         return;
       case '/readyz': {
         const reason = notReadyReason();
-        if (reason) json(res, 503, { status: 'not_ready', reason });
+        if (typeof reason === 'string') json(res, 503, { status: 'not_ready', reason });
+        else if (reason) json(res, 503, { status: 'not_ready', ...reason });
         else json(res, 200, { status: 'ready' });
         return;
       }

@@ -1,6 +1,15 @@
 import { readFile } from 'node:fs/promises';
-import { type Document, isMap, isScalar, LineCounter, parseDocument } from 'yaml';
-import { type Config, configSchema, crossCheck } from './config.js';
+import { type Document, isMap, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
+import {
+  type Config,
+  configSchema,
+  crossCheck,
+  DEFAULT_ROUTE,
+  ROUTE_KEYS,
+  ROUTE_NAME,
+  routeSchema,
+  routesConfigSchema,
+} from './config.js';
 import type { Issue, Node } from './schema.js';
 
 /** Alias references allowed when the YAML is expanded (the yaml library's default, made explicit). */
@@ -31,6 +40,23 @@ export class ConfigError extends Error {
 /** The environment variable that overrides a dotted key. */
 export function envName(path: readonly string[]): string {
   return ENV_PREFIX + path.join('_').toUpperCase();
+}
+
+/**
+ * The environment variable that overrides a key of the route `name`
+ * (`billing`, `upstream.url` → `M2M_PROXY_ROUTES_BILLING_UPSTREAM_URL`; `-` becomes `_`).
+ */
+export function routeEnvName(name: string, path: readonly string[]): string {
+  return envName(['routes', name.replaceAll('-', '_'), ...path]);
+}
+
+/** A key path as the messages print it: `routes[1].listen.port`, `token.url`. */
+export function formatPath(path: readonly string[]): string {
+  return path.reduce(
+    (out, segment) =>
+      /^\d+$/.test(segment) ? `${out}[${segment}]` : out ? `${out}.${segment}` : segment,
+    '',
+  );
 }
 
 /**
@@ -72,10 +98,23 @@ export async function loadConfig(
     throw new ConfigError([`${file}: ${(err as Error).message.split('\n')[0]}`]);
   }
   const fromEnv = new Map<string, string>();
-  if (isRecord(raw)) applyEnv(configSchema, [], raw, env, fromEnv);
-
   const issues: Issue[] = [];
-  const decoded = configSchema.decode(raw, [], issues);
+  const withRoutes = isRecord(raw) && raw.routes !== undefined && raw.routes !== null;
+  if (isRecord(raw)) {
+    if (withRoutes) routeRules(raw, issues);
+    applyEnv(withRoutes ? routesConfigSchema : configSchema, [], [], raw, env, fromEnv);
+    if (withRoutes && Array.isArray(raw.routes)) {
+      raw.routes.forEach((route: unknown, i) => {
+        // Only a route with a valid name can be addressed from the environment.
+        if (!isRecord(route) || typeof route.name !== 'string' || !ROUTE_NAME.test(route.name))
+          return;
+        const envPath = ['routes', route.name.replaceAll('-', '_')];
+        applyEnv(routeSchema, ['routes', String(i)], envPath, route, env, fromEnv, ['name']);
+      });
+    }
+  }
+
+  const decoded = withRoutes ? decodeRoutes(raw, issues) : decodeSingle(raw, issues);
   if (decoded && issues.length === 0) issues.push(...crossCheck(decoded));
   if (issues.length > 0 || !decoded) {
     const located = issues.map((issue) => {
@@ -84,7 +123,7 @@ export async function loadConfig(
       const pos = env ? undefined : locate(doc, lines, issue.path);
       const where = env ?? (pos ? `${file}:${pos.line}:${pos.col}` : file);
       return {
-        text: `${where}: ${key || '(top level)'}: ${issue.message}`,
+        text: `${where}: ${formatPath(issue.path) || '(top level)'}: ${issue.message}`,
         order: pos ? pos.line * 1e6 + pos.col : 0,
       };
     });
@@ -97,18 +136,71 @@ export async function loadConfig(
   return deepFreeze(decoded);
 }
 
-/** Copies `M2M_PROXY_*` values onto the raw tree for every scalar key of the schema. */
+/** A file without `routes`: one route, `default`, on `listen`. */
+function decodeSingle(raw: unknown, issues: Issue[]): Config | undefined {
+  const decoded = configSchema.decode(raw, [], issues);
+  if (!decoded) return undefined;
+  const { listen, upstream, token, rateLimit } = decoded;
+  return { ...decoded, routes: [{ name: DEFAULT_ROUTE, listen, upstream, token, rateLimit }] };
+}
+
+/** A file with `routes`: each route's host defaults to the top-level `listen.host`. */
+function decodeRoutes(raw: unknown, issues: Issue[]): Config | undefined {
+  const decoded = routesConfigSchema.decode(raw, [], issues);
+  if (!decoded?.routes) return undefined;
+  const host = decoded.listen.host;
+  return {
+    ...decoded,
+    routes: decoded.routes.map((route) => ({
+      ...route,
+      listen: { host: route.listen.host ?? host, port: route.listen.port },
+    })),
+  };
+}
+
+/**
+ * Top-level keys that a file with `routes` must not have: they are reported once, by name, and
+ * removed so that the schema does not report them again as unknown.
+ */
+function routeRules(raw: Record<string, unknown>, issues: Issue[]): void {
+  for (const key of ROUTE_KEYS) {
+    if (raw[key] === undefined) continue;
+    issues.push({
+      path: [key],
+      message:
+        'cannot be used together with routes: each route has its own (move it into the routes)',
+    });
+    delete raw[key];
+  }
+  const listen = raw.listen;
+  if (isRecord(listen) && listen.port !== undefined) {
+    issues.push({
+      path: ['listen', 'port'],
+      message: 'cannot be used together with routes: each route has its own listen.port',
+    });
+    delete listen.port;
+  }
+}
+
+/**
+ * Copies `M2M_PROXY_*` values onto the raw tree for every scalar key of the schema. `path` is
+ * where the keys are in the file (what issues name), `envPath` what the variable names start
+ * with (a route's name instead of its index); `skip` lists keys never taken from the environment.
+ */
 function applyEnv(
   node: Node<unknown>,
   path: string[],
+  envPath: string[],
   target: Record<string, unknown>,
   env: Readonly<Record<string, string | undefined>>,
   fromEnv: Map<string, string>,
+  skip: readonly string[] = [],
 ): void {
   for (const [key, child] of Object.entries(node.fields ?? {})) {
+    if (skip.includes(key)) continue;
     const childPath = [...path, key];
     if (child.kind === 'scalar') {
-      const name = envName(childPath);
+      const name = envName([...envPath, key]);
       const value = env[name];
       // An empty variable counts as unset: manifests often template `VAR: ""` for "no override".
       if (value !== undefined && value !== '') {
@@ -118,7 +210,7 @@ function applyEnv(
     } else if (child.kind === 'object') {
       const existing = target[key];
       const sub = isRecord(existing) ? existing : {};
-      applyEnv(child, childPath, sub, env, fromEnv);
+      applyEnv(child, childPath, [...envPath, key], sub, env, fromEnv);
       if (sub !== existing && Object.keys(sub).length > 0) target[key] = sub;
     }
   }
@@ -133,6 +225,14 @@ function locate(
   let node: unknown = doc.contents;
   let offset: number | undefined;
   for (const segment of path) {
+    if (isSeq(node)) {
+      const item: unknown = node.items[Number(segment)];
+      const range = (item as { range?: [number, number, number] } | undefined)?.range;
+      if (!range) break;
+      offset = range[0];
+      node = item;
+      continue;
+    }
     if (!isMap(node)) break;
     const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === segment);
     if (!pair) break;

@@ -14,8 +14,11 @@ export interface Issue {
 
 /** A schema node that turns raw YAML/env input into a typed value, collecting issues. */
 export interface Node<T> {
-  /** `scalar` nodes can be overridden from the environment; `record` entries cannot. */
-  readonly kind: 'scalar' | 'object' | 'record';
+  /**
+   * `scalar` nodes can be overridden from the environment; `record` entries cannot; `list` items
+   * only where the loader knows how to name them (routes, by their name).
+   */
+  readonly kind: 'scalar' | 'object' | 'record' | 'list';
   readonly optional: boolean;
   readonly defaultValue: T | undefined;
   /** Only for objects: the child nodes, so the environment loader can walk the tree. */
@@ -113,6 +116,12 @@ export const number = (
     if (opts.max !== undefined && n > opts.max) return fail(message);
     return n;
   });
+
+/** A string matching `pattern`; `describe` completes "must be …" (e.g. `a lower-case name`). */
+export const matching = (pattern: RegExp, describe: string) =>
+  scalar<string>((raw) =>
+    typeof raw === 'string' && pattern.test(raw) ? raw : fail(`must be ${describe}`),
+  );
 
 /** One of a fixed set of strings. */
 export const oneOf = <const V extends readonly string[]>(values: V) =>
@@ -224,3 +233,32 @@ class RecordNode<O extends boolean = true> implements Node<Readonly<Record<strin
 
 /** A free-form mapping of strings (e.g. extra form parameters). Entries are not env-overridable. */
 export const stringRecord = () => new RecordNode(true);
+
+class ListNode<T> implements Node<readonly T[]> {
+  readonly kind = 'list' as const;
+  readonly defaultValue = undefined;
+  readonly defaulted = false as const;
+  constructor(
+    readonly item: Node<T>,
+    readonly optional: boolean,
+  ) {}
+
+  decode(raw: unknown, path: readonly string[], issues: Issue[]): readonly T[] | undefined {
+    if (!Array.isArray(raw) || raw.length === 0) {
+      issues.push({ path, message: 'must be a non-empty list' });
+      return undefined;
+    }
+    const out: T[] = [];
+    raw.forEach((value, i) => {
+      const decoded = this.item.decode(value ?? {}, [...path, String(i)], issues);
+      if (decoded !== undefined) out.push(decoded);
+    });
+    return out;
+  }
+}
+
+/**
+ * A non-empty list of `item`s. Issues inside an item carry its index as a path segment (`'1'`),
+ * which the loader prints as `routes[1].listen.port`.
+ */
+export const list = <T>(item: Node<T>) => new ListNode(item, true);

@@ -1,7 +1,7 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import { Secret } from './secret.js';
 
 /** The client's credentials, in one of the contract's three forms. */
@@ -48,7 +48,7 @@ async function all<T extends unknown[]>(...reads: { [K in keyof T]: Promise<T[K]
   return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as T;
 }
 
-type CredentialsConfig = Config['token']['credentials'];
+type CredentialsConfig = RouteConfig['token']['credentials'];
 
 /** The files the credentials are read from (watched for Kubernetes secret rotation). */
 export function credentialFiles(config: CredentialsConfig): string[] {
@@ -66,7 +66,7 @@ export function credentialFiles(config: CredentialsConfig): string[] {
  * files written with `echo` end in a newline that is not part of the secret.
  */
 export async function readCredentials(
-  token: Config['token'],
+  token: RouteConfig['token'],
   env: Readonly<Record<string, string | undefined>>,
 ): Promise<ClientCredentials> {
   const credentials = await readForm(token.credentials, env);

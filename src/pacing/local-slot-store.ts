@@ -1,5 +1,5 @@
 import type { Clock } from '../clock.js';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import type { Reservation, SlotLimits, SlotStore } from './types.js';
 
 /**
@@ -20,7 +20,7 @@ export const WIRE_MARGIN = 0.01;
  * configured window keeps at least 1 start, because `windowMax: 0` means "no window" and a
  * rounded-down 0 would lift the WAF limit instead of tightening it.
  */
-export function slotLimits(rateLimit: Config['rateLimit'], factor = 1): SlotLimits {
+export function slotLimits(rateLimit: RouteConfig['rateLimit'], factor = 1): SlotLimits {
   const { perSecond, burst, window } = rateLimit;
   return {
     perSecond: perSecond * factor * (1 - WIRE_MARGIN),

@@ -1,9 +1,9 @@
 import PQueue from 'p-queue';
 import { type Clock, MAX_TIMER_MS, sleep, type Timer } from '../clock.js';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import { Deadlines, type Timed } from '../deadlines.js';
 import { ProxyError } from '../errors.js';
-import type { Metrics } from '../metrics/metrics.js';
+import type { RouteMetrics } from '../metrics/metrics.js';
 import { LocalSlotStore, slotLimits } from './local-slot-store.js';
 import {
   type AcquireOptions,
@@ -31,7 +31,7 @@ export const SENT_WAIT_MAX_MS = 1000;
 /** What every pacer needs. */
 export interface PacerOptions {
   clock: Clock;
-  metrics: Metrics;
+  metrics: RouteMetrics;
   /** `rateLimit.queue.max`: requests that may wait (for `ready` or a slot) at once. */
   queueMax: number;
   /** `rateLimit.queue.timeout` in ms: the cap of an upstream pause. */
@@ -86,10 +86,9 @@ interface Collectable {
 }
 
 /**
- * Installs `hook` as the scrape-time `collect` of a metric made elsewhere (the `Metrics` class)
- * and returns its removal. prom-client documents `collect` as a configuration option and keeps it
- * as a field that `get()` calls before every read, so setting it after construction is the same
- * hook, owned by the module that knows the value.
+ * Installs `hook` as the scrape-time `collect` of a route's gauge (`RouteGauge`, made by the
+ * `Metrics` class) and returns its removal. The gauge family's own prom-client `collect` calls
+ * every route's hook before each read, so the hook is owned by the module that knows the value.
  */
 function onCollect(metric: object, hook: () => void): () => void {
   const target = metric as Collectable;
@@ -125,7 +124,7 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
  */
 abstract class BasePacer {
   protected readonly clock: Clock;
-  protected readonly metrics: Metrics;
+  protected readonly metrics: RouteMetrics;
   /** The admission limit; `queue.max: 0` still lets one request wait for the token. */
   protected readonly admitMax: number;
   /** `queue.max: 0` = the slot must be free now. */
@@ -558,7 +557,7 @@ export class PassThroughPacer extends BasePacer implements Pacer {
 /** What `createPacer` needs besides the configuration. */
 export interface PacerDeps {
   clock: Clock;
-  metrics: Metrics;
+  metrics: RouteMetrics;
   /** The fleet's shared store (docs/fleet.md); without it, a `LocalSlotStore` is made. */
   store?: SlotStore;
 }
@@ -567,7 +566,7 @@ export interface PacerDeps {
  * The pacer for `rateLimit`: a `PassThroughPacer` when both limits are off, else a `QueuePacer`
  * on `deps.store` or a new `LocalSlotStore`.
  */
-export function createPacer(rateLimit: Config['rateLimit'], deps: PacerDeps): Pacer {
+export function createPacer(rateLimit: RouteConfig['rateLimit'], deps: PacerDeps): Pacer {
   const { clock, metrics, store } = deps;
   const base = {
     clock,

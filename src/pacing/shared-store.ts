@@ -1,6 +1,6 @@
 import type { Registry } from 'prom-client';
 import type { Clock } from '../clock.js';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import { readRedisPassword } from '../credentials/credentials.js';
 import type { Logger } from '../log/logger.js';
 import { SharedBudgetMetrics } from '../metrics/metrics.js';
@@ -10,7 +10,7 @@ import { RedisSlotStore } from './redis-slot-store.js';
 import type { SlotLimits, SlotStore } from './types.js';
 
 /** `rateLimit` of the validated configuration. */
-export type RateLimitConfig = Config['rateLimit'];
+export type RateLimitConfig = RouteConfig['rateLimit'];
 /** `rateLimit.shared` of the validated configuration. */
 export type SharedConfig = NonNullable<RateLimitConfig['shared']>;
 
@@ -23,6 +23,8 @@ export interface SharedStoreDeps {
   logger: Logger;
   /** The process's metrics registry; the shared-budget metrics are registered on it. */
   registry: Registry;
+  /** The routes drawing from this budget: the `route` label of the shared-budget metrics. */
+  routes?: readonly string[] | undefined;
   /** E.g. `(limits) => new LocalSlotStore({ ...limits, clock })`. */
   localStoreFactory: LocalStoreFactory;
   /** Contents of `shared.passwordFile`; read from the file when omitted. */
@@ -44,7 +46,7 @@ export function createSharedStore(
   shared: SharedConfig,
   deps: SharedStoreDeps,
 ): FallbackSlotStore {
-  const metrics = new SharedBudgetMetrics(deps.registry);
+  const metrics = new SharedBudgetMetrics(deps.registry, deps.routes);
   const password =
     deps.password ??
     (shared.passwordFile !== undefined ? readRedisPassword(shared.passwordFile) : undefined);

@@ -2,7 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import { ConfigError } from '../config/load.js';
 import { ProxyError } from '../errors.js';
 import type { Cancellation } from './cancellation.js';
@@ -80,7 +80,7 @@ export class Forwarder {
   readonly #pool: Dispatcher;
   readonly #timeout: number;
 
-  constructor(config: Config['upstream'], dispatcher?: Dispatcher) {
+  constructor(config: RouteConfig['upstream'], dispatcher?: Dispatcher) {
     const origin = new URL(config.url).origin;
     this.#timeout = config.timeout;
     this.#pool =

@@ -1,10 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Clock } from '../clock.js';
-import type { Config } from '../config/config.js';
+import type { Config, RouteConfig } from '../config/config.js';
 import type { Secret } from '../credentials/secret.js';
 import { ERROR_HEADER, ProxyError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { Metrics } from '../metrics/metrics.js';
+import type { RouteMetrics } from '../metrics/metrics.js';
 import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
 import { Cancellation } from './cancellation.js';
@@ -27,12 +27,22 @@ class ClientGone extends Error {
   }
 }
 
+/** Bytes reserved by kept (replayable) bodies, bounded by `limits.replayBytes`. */
+export interface ReplayBudget {
+  held: number;
+}
+
 export interface HandlerDeps {
-  config: Config;
+  /** The route this handler serves (a file without `routes` has one, `default`). */
+  config: Pick<RouteConfig, 'upstream' | 'rateLimit'>;
+  /** The process's limits (`limits.bodyTimeout`, `limits.replayBytes`). */
+  limits: Config['limits'];
+  /** Bytes held by kept bodies, shared by every route's handler: the budget is the process's. */
+  replay: ReplayBudget;
   tokens: TokenManager;
   pacer: Pacer;
   forwarder: Forwarder;
-  metrics: Metrics;
+  metrics: RouteMetrics;
   logger: Logger;
   clock: Clock;
 }
@@ -46,8 +56,6 @@ export interface HandlerDeps {
 export class ProxyHandler {
   readonly #prefix: string;
   #inFlight = 0;
-  /** Bytes reserved by kept bodies (`limits.replayBytes` bounds it). */
-  #replayHeld = 0;
   #shuttingDown = false;
   #drained: (() => void) | undefined;
 
@@ -152,7 +160,7 @@ export class ProxyHandler {
     } catch (err) {
       this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
     } finally {
-      this.#replayHeld -= kept;
+      this.deps.replay.held -= kept;
       this.#inFlight -= 1;
       if (this.#inFlight === 0) this.#drained?.();
     }
@@ -219,16 +227,16 @@ export class ProxyHandler {
     const length = head.contentLength;
     if (length === undefined) return 0;
     const declared = Number(length);
-    const budget = this.deps.config.limits.replayBytes;
+    const budget = this.deps.limits.replayBytes;
     if (!(declared > 0 && declared <= REPLAY_LIMIT_BYTES) || budget === 0) return 0;
-    if (this.#replayHeld + declared > budget) {
+    if (this.deps.replay.held + declared > budget) {
       throw new ProxyError(
         'rate_limited',
         'Too many request bodies are held for the upstream: try again shortly.',
         { retryAfterSeconds: 1 },
       );
     }
-    this.#replayHeld += declared;
+    this.deps.replay.held += declared;
     return declared;
   }
 
@@ -246,12 +254,12 @@ export class ProxyHandler {
    * `request_timeout` (nothing has been sent upstream yet).
    */
   #read(req: IncomingMessage, declared: number): Promise<Buffer> {
-    const { clock, config } = this.deps;
+    const { clock, limits } = this.deps;
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       const timer = clock.setTimeout(
         () => reject(new ProxyError('request_timeout')),
-        config.limits.bodyTimeout,
+        limits.bodyTimeout,
       );
       req.on('data', (chunk: Buffer) => chunks.push(chunk));
       req.once('end', () => {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { type Dispatcher, request } from 'undici';
-import type { Config } from '../config/config.js';
+import type { RouteConfig } from '../config/config.js';
 import { type ClientCredentials, splitBasic } from '../credentials/credentials.js';
 import { Secret } from '../credentials/secret.js';
 
@@ -75,7 +75,7 @@ export interface TokenSource {
  */
 export class TokenClient implements TokenSource {
   constructor(
-    private readonly config: Config['token'],
+    private readonly config: RouteConfig['token'],
     private readonly dispatcher?: Dispatcher,
   ) {}
 

@@ -1,11 +1,11 @@
 import type { Clock, Timer } from '../clock.js';
-import { type Config, displayUrl } from '../config/config.js';
+import { displayUrl, type RouteConfig } from '../config/config.js';
 import type { ClientCredentials } from '../credentials/credentials.js';
 import type { Secret } from '../credentials/secret.js';
 import { Deadlines, type Timed } from '../deadlines.js';
 import { ProxyError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { Metrics } from '../metrics/metrics.js';
+import type { RouteMetrics } from '../metrics/metrics.js';
 import { type IssuedToken, TokenRequestError, type TokenSource } from './client.js';
 
 /**
@@ -17,12 +17,12 @@ export const DEFAULT_LIFETIME_MS = 5 * 60_000;
 
 /** What the manager needs; the clock and randomness are injected so tests run in fake time. */
 export interface TokenManagerDeps {
-  config: Config['token'];
+  config: RouteConfig['token'];
   source: TokenSource;
   credentials: () => ClientCredentials;
   clock: Clock;
   logger: Logger;
-  metrics: Metrics;
+  metrics: RouteMetrics;
   /** Uniform in [0, 1): the jitter of the retry backoff. */
   random?: () => number;
 }

@@ -134,7 +134,7 @@ function switches(proxy: ProxyProcess): Record<string, unknown>[] {
 /** The value of `m2m_proxy_shared_budget_up` on the proxy's /metrics. */
 async function sharedBudgetUp(proxy: ProxyProcess): Promise<number> {
   const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
-  const match = /^m2m_proxy_shared_budget_up (\S+)$/m.exec(text);
+  const match = /^m2m_proxy_shared_budget_up\{route="default"\} (\S+)$/m.exec(text);
   return match ? Number(match[1]) : Number.NaN;
 }
 

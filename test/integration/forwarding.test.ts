@@ -104,8 +104,8 @@ describe('forwarding', () => {
     const forbidden = await fetch(`${world.proxy.url}/status/403`);
     expect(forbidden.status).toBe(403);
     const metrics = await (await fetch(`${world.proxy.adminUrl}/metrics`)).text();
-    expect(metrics).toMatch(/m2m_proxy_upstream_responses_total\{code="403"\} 1/);
-    expect(metrics).toMatch(/m2m_proxy_upstream_responses_total\{code="418"\} 1/);
+    expect(metrics).toMatch(/m2m_proxy_upstream_responses_total\{route="default",code="403"\} 1/);
+    expect(metrics).toMatch(/m2m_proxy_upstream_responses_total\{route="default",code="418"\} 1/);
   });
 
   it.each([
@@ -190,7 +190,9 @@ describe('forwarding', () => {
       expect(res.headers.get('x-m2m-proxy-error')).toBe('upstream_timeout');
       expect(Date.now() - started).toBeLessThan(2500);
       const metrics = await (await fetch(`${slow.proxy.adminUrl}/metrics`)).text();
-      expect(metrics).toMatch(/m2m_proxy_requests_rejected_total\{reason="upstream_timeout"\} 1/);
+      expect(metrics).toMatch(
+        /m2m_proxy_requests_rejected_total\{route="default",reason="upstream_timeout"\} 1/,
+      );
     } finally {
       await slow.close();
     }

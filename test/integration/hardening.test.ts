@@ -124,7 +124,7 @@ describe('hostile clients', () => {
     expect(text).toContain('"error":"request_timeout"');
     expect(world.api.requests.length).toBe(before);
     expect(await metricsOf(world)).toMatch(
-      /^m2m_proxy_requests_rejected_total\{reason="request_timeout"\} [2-9]/m,
+      /^m2m_proxy_requests_rejected_total\{route="default",reason="request_timeout"\} [2-9]/m,
     );
   });
 
@@ -244,10 +244,15 @@ describe('metrics from the start', () => {
       'upstream_timeout',
     ]) {
       expect(text).toMatch(
-        new RegExp(`^m2m_proxy_requests_rejected_total\\{reason="${reason}"\\} 0$`, 'm'),
+        new RegExp(
+          `^m2m_proxy_requests_rejected_total\\{route="default",reason="${reason}"\\} 0$`,
+          'm',
+        ),
       );
     }
-    expect(text).toMatch(/^m2m_proxy_token_refreshes_total\{result="failure"\} 0$/m);
+    expect(text).toMatch(
+      /^m2m_proxy_token_refreshes_total\{route="default",result="failure"\} 0$/m,
+    );
   });
 });
 
@@ -276,7 +281,7 @@ describe('a token endpoint that issues a malformed access_token', () => {
     );
     expect(notReady).toBe(true);
     expect(await metricsOf(world)).toMatch(
-      /^m2m_proxy_token_refresh_failures_total\{reason="invalid_response"\} [1-9]/m,
+      /^m2m_proxy_token_refresh_failures_total\{route="default",reason="invalid_response"\} [1-9]/m,
     );
     expect(world.api.requests.every((r) => !r.headers['x-injected'])).toBe(true);
   });

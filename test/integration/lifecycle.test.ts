@@ -63,7 +63,11 @@ describe('token lifecycle', () => {
       expect(res.headers.get('x-m2m-proxy-error')).toBe('token_unavailable');
       expect(await readyz(world.proxy.adminUrl)).toEqual({
         status: 503,
-        body: { status: 'not_ready', reason: 'token_expired' },
+        body: {
+          status: 'not_ready',
+          reason: 'token_expired',
+          routes: { default: 'token_expired' },
+        },
       });
       world.idp.fail(null);
       await expect
@@ -74,8 +78,12 @@ describe('token lifecycle', () => {
         .toBe(200);
       expect((await fetch(`${world.proxy.url}/echo/after`)).status).toBe(200);
       const metrics = await (await fetch(`${world.proxy.adminUrl}/metrics`)).text();
-      expect(metrics).toMatch(/m2m_proxy_token_refresh_failures_total\{reason="http_503"\} [1-9]/);
-      expect(metrics).toMatch(/m2m_proxy_requests_rejected_total\{reason="token_unavailable"\} 1/);
+      expect(metrics).toMatch(
+        /m2m_proxy_token_refresh_failures_total\{route="default",reason="http_503"\} [1-9]/,
+      );
+      expect(metrics).toMatch(
+        /m2m_proxy_requests_rejected_total\{route="default",reason="token_unavailable"\} 1/,
+      );
       expect(world.proxy.logs.some((l) => l.event === 'token_expired')).toBe(true);
     } finally {
       await world.close();

@@ -5,14 +5,14 @@ import { startWorld, type World } from './world.js';
 
 /** The fixed names and labels of CONTRACT.md, "Metrics". */
 const CONTRACT = {
-  m2m_proxy_token_refreshes_total: ['counter', ['result']],
-  m2m_proxy_token_refresh_failures_total: ['counter', ['reason']],
-  m2m_proxy_token_expiry_timestamp_seconds: ['gauge', []],
-  m2m_proxy_upstream_responses_total: ['counter', ['code']],
-  m2m_proxy_upstream_request_duration_seconds: ['histogram', []],
-  m2m_proxy_requests_rejected_total: ['counter', ['reason']],
-  m2m_proxy_queue_length: ['gauge', []],
-  m2m_proxy_queue_wait_seconds: ['histogram', []],
+  m2m_proxy_token_refreshes_total: ['counter', ['route', 'result']],
+  m2m_proxy_token_refresh_failures_total: ['counter', ['route', 'reason']],
+  m2m_proxy_token_expiry_timestamp_seconds: ['gauge', ['route']],
+  m2m_proxy_upstream_responses_total: ['counter', ['route', 'code']],
+  m2m_proxy_upstream_request_duration_seconds: ['histogram', ['route']],
+  m2m_proxy_requests_rejected_total: ['counter', ['route', 'reason']],
+  m2m_proxy_queue_length: ['gauge', ['route']],
+  m2m_proxy_queue_wait_seconds: ['histogram', ['route']],
   m2m_proxy_build_info: ['gauge', ['version', 'node']],
 } as const;
 
@@ -46,7 +46,9 @@ describe('/metrics of a running proxy', () => {
     const exported = types(text);
     for (const [name, [type, labels]] of Object.entries(CONTRACT)) {
       expect(exported.get(name), name).toBe(type);
-      const series = text.split('\n').filter((l) => l.startsWith(`${name}{`));
+      // A histogram's series are its `_count`, `_sum` and `_bucket` lines.
+      const sample = type === 'histogram' ? `${name}_count{` : `${name}{`;
+      const series = text.split('\n').filter((l) => l.startsWith(sample));
       if (name === 'm2m_proxy_token_refresh_failures_total') {
         // Its reasons are open-ended (OAuth codes): no failure happened, so no series yet.
         expect(series, name).toEqual([]);
@@ -58,9 +60,11 @@ describe('/metrics of a running proxy', () => {
         for (const line of series) expect(line).toContain(`${label}="`);
       }
     }
-    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{code="401"\} 2$/m);
-    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{code="403"\} 1$/m);
-    expect(text).toMatch(/^m2m_proxy_token_refreshes_total\{result="success"\} 2$/m);
+    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{route="default",code="401"\} 2$/m);
+    expect(text).toMatch(/^m2m_proxy_upstream_responses_total\{route="default",code="403"\} 1$/m);
+    expect(text).toMatch(
+      /^m2m_proxy_token_refreshes_total\{route="default",result="success"\} 2$/m,
+    );
     expect(text).toMatch(/^process_resident_memory_bytes /m); // prom-client's default metrics
   });
 

@@ -162,8 +162,10 @@ describe('pacing through the real proxy', () => {
     // The overflowing two are turned away at once.
     expect(limited.filter((r) => r.at - sent < 500)).toHaveLength(2);
     expect(arrived(w, 'echo/q-')).toHaveLength(1);
-    expect(await metric(w, 'm2m_proxy_requests_rejected_total{reason="rate_limited"}')).toBe(4);
-    expect(await metric(w, 'm2m_proxy_queue_length')).toBe(0);
+    expect(
+      await metric(w, 'm2m_proxy_requests_rejected_total{route="default",reason="rate_limited"}'),
+    ).toBe(4);
+    expect(await metric(w, 'm2m_proxy_queue_length{route="default"}')).toBe(0);
   });
 
   it('never sends a request whose client aborted while queued; the next one takes its place', async () => {
@@ -183,7 +185,7 @@ describe('pacing through the real proxy', () => {
     await delay(30);
     const c = get(`${w.proxy.url}/echo/c`); // takes t0 + 1 s once b has left
     await delay(100);
-    expect(await metric(w, 'm2m_proxy_queue_length')).toBe(3);
+    expect(await metric(w, 'm2m_proxy_queue_length{route="default"}')).toBe(3);
     controller.abort();
     await expect(b).rejects.toThrow();
     expect((await a).status).toBe(200);
@@ -195,7 +197,7 @@ describe('pacing through the real proxy', () => {
     const tolerance = TIMER_TOLERANCE_MS + stalled();
     expect(atC - atA).toBeGreaterThanOrEqual(500 - tolerance);
     expect(atC - atA).toBeLessThan(1000 - tolerance); // not 1000: c moved up into b's place
-    expect(await metric(w, 'm2m_proxy_queue_length')).toBe(0);
+    expect(await metric(w, 'm2m_proxy_queue_length{route="default"}')).toBe(0);
   });
 
   it("pauses all sending for an upstream 429's Retry-After and passes that 429 through unchanged", async () => {
@@ -225,9 +227,13 @@ describe('pacing through the real proxy', () => {
     expect((times[0] as number) - at429).toBeGreaterThanOrEqual(1000);
     expect((times[0] as number) - at429).toBeLessThan(1000 + 250 + tolerance);
     for (const gap of gaps(times)) expect(gap).toBeGreaterThanOrEqual(100 - tolerance);
-    expect(await metric(w, 'm2m_proxy_upstream_responses_total{code="429"}')).toBe(1);
+    expect(await metric(w, 'm2m_proxy_upstream_responses_total{route="default",code="429"}')).toBe(
+      1,
+    );
     // The series exists from the start; the upstream's own 429 is not the proxy's rejection.
-    expect(await metric(w, 'm2m_proxy_requests_rejected_total{reason="rate_limited"}')).toBe(0);
+    expect(
+      await metric(w, 'm2m_proxy_requests_rejected_total{route="default",reason="rate_limited"}'),
+    ).toBe(0);
   });
 
   it('paces the replay after a 401: the retry takes its own slot', async () => {
@@ -290,6 +296,6 @@ describe('pacing through the real proxy', () => {
     // Starts at ≈0…450 ms and ≈2000…2200 ms: at 2.7 s the first ten have left the window and
     // five remain in it. The gauge must say so although no request came since 2.2 s.
     await delay(first + 2700 - performance.now());
-    expect(await metric(w, 'm2m_proxy_window_remaining')).toBe(5);
+    expect(await metric(w, 'm2m_proxy_window_remaining{route="default"}')).toBe(5);
   });
 });

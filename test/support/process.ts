@@ -151,7 +151,10 @@ function hostFor(host: unknown): string {
 }
 
 function portOf(config: Record<string, unknown>, section: 'listen' | 'admin'): number {
-  const value = (config[section] as Record<string, unknown> | undefined)?.port;
+  // With `routes`, `url` is the first route's port (each route has its own).
+  const routes = section === 'listen' && Array.isArray(config.routes) ? config.routes : undefined;
+  const owner = routes ? (routes[0] as Record<string, unknown> | undefined) : config;
+  const value = (owner?.[section] as Record<string, unknown> | undefined)?.port;
   const port = typeof value === 'string' ? Number(value) : value;
   if (typeof port !== 'number' || !Number.isInteger(port) || port <= 0) {
     throw new Error(
@@ -188,7 +191,7 @@ export async function startProxy(options: StartProxyOptions): Promise<ProxyProce
   ) as Record<string, unknown>;
   const listenPort = portOf(parsed, 'listen');
   const adminPort = portOf(parsed, 'admin');
-  const url = `http://${hostFor((parsed.listen as Record<string, unknown>).host)}:${listenPort}`;
+  const url = `http://${hostFor((parsed.listen as Record<string, unknown> | undefined)?.host)}:${listenPort}`;
   const adminUrl = `http://${hostFor((parsed.admin as Record<string, unknown>).host)}:${adminPort}`;
 
   const dir = await tempDir('m2m-proxy-run-');

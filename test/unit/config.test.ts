@@ -39,7 +39,7 @@ describe('configuration', () => {
     const config = await loadConfig(await configFile(MINIMAL), {});
     expect(config.listen).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(config.admin).toEqual({ host: '0.0.0.0', port: 9090 });
-    expect(config.upstream.timeout).toBe(30_000);
+    expect(config.upstream?.timeout).toBe(30_000);
     expect(config.token).toMatchObject({
       authMethod: 'client_secret_basic',
       timeout: 10_000,
@@ -62,7 +62,7 @@ describe('configuration', () => {
     });
     expect(config.log.level).toBe('info');
     expect(config.shutdown.timeout).toBe(25_000);
-    expect(Object.isFrozen(config.rateLimit.window)).toBe(true);
+    expect(Object.isFrozen(config.rateLimit?.window)).toBe(true);
   });
 
   it('reports every error at once with file, line, column and dotted key', async () => {
@@ -123,10 +123,10 @@ rateLimit:
       MINIMAL.replace('credentials: { authorizationFile: /run/secrets/auth }', ''),
     );
     const config = await loadConfig(file, env);
-    expect(config.upstream.url).toBe('http://127.0.0.1:1234/base');
-    expect(config.rateLimit.perSecond).toBe(2.5);
-    expect(config.rateLimit.window.length).toBe(60_000);
-    expect(config.token.credentials).toEqual({
+    expect(config.upstream?.url).toBe('http://127.0.0.1:1234/base');
+    expect(config.rateLimit?.perSecond).toBe(2.5);
+    expect(config.rateLimit?.window.length).toBe(60_000);
+    expect(config.token?.credentials).toEqual({
       clientIdFile: '/x/id',
       clientSecretFile: '/x/secret',
     });

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import type { Config } from '../../src/config/config.js';
+import type { RouteConfig } from '../../src/config/config.js';
 import {
   type ClientCredentials,
   CredentialError,
@@ -16,8 +16,8 @@ import { CredentialWatcher } from '../../src/credentials/watcher.js';
 import { createLogger } from '../../src/log/logger.js';
 
 const token = (
-  credentials: Config['token']['credentials'],
-  authMethod: Config['token']['authMethod'] = 'client_secret_basic',
+  credentials: RouteConfig['token']['credentials'],
+  authMethod: RouteConfig['token']['authMethod'] = 'client_secret_basic',
 ) =>
   ({
     url: 'https://idp.example.test/token',
@@ -28,7 +28,7 @@ const token = (
     refreshAt: 0.8,
     minRemaining: 1000,
     retry: { min: 1000, max: 2000 },
-  }) satisfies Config['token'];
+  }) satisfies RouteConfig['token'];
 
 async function dir(files: Record<string, string>): Promise<string> {
   const d = await mkdtemp(join(tmpdir(), 'm2m-creds-'));

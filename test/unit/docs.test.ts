@@ -70,7 +70,8 @@ describe('docs', () => {
 function anchorsOf(markdown: string): Set<string> {
   const anchors = new Set<string>();
   const seen = new Map<string, number>();
-  for (const line of withoutCode(markdown).split('\n')) {
+  // Only fenced blocks are dropped here: inline code in a heading is part of its anchor.
+  for (const line of withoutFences(markdown).split('\n')) {
     const m = /^#{1,6}\s+(.*?)\s*#*\s*$/.exec(line);
     if (!m?.[1]) continue;
     const base = m[1]
@@ -87,8 +88,12 @@ function anchorsOf(markdown: string): Set<string> {
 }
 
 /** The text without fenced code blocks and inline code spans (links there are not links). */
+function withoutFences(markdown: string): string {
+  return markdown.replace(/^(```|~~~)[^\n]*\n[\s\S]*?^\1[^\n]*$/gm, '');
+}
+
 function withoutCode(markdown: string): string {
-  return markdown.replace(/^(```|~~~)[^\n]*\n[\s\S]*?^\1[^\n]*$/gm, '').replace(/`[^`\n]*`/g, '');
+  return withoutFences(markdown).replace(/`[^`\n]*`/g, '');
 }
 
 /** Relative links and images of a Markdown file: `[text](target)`. */

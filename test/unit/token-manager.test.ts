@@ -1,7 +1,7 @@
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../src/clock.js';
-import type { Config } from '../../src/config/config.js';
+import type { RouteConfig } from '../../src/config/config.js';
 import type { ClientCredentials } from '../../src/credentials/credentials.js';
 import { Secret } from '../../src/credentials/secret.js';
 import { ProxyError } from '../../src/errors.js';
@@ -10,7 +10,7 @@ import { Metrics } from '../../src/metrics/metrics.js';
 import { type IssuedToken, TokenRequestError, type TokenSource } from '../../src/token/client.js';
 import { backoffDelay, renewalDelay, TokenManager } from '../../src/token/manager.js';
 
-const TOKEN_CONFIG: Config['token'] = {
+const TOKEN_CONFIG: RouteConfig['token'] = {
   url: 'https://idp.example.test/token',
   authMethod: 'client_secret_basic',
   credentials: {},
@@ -41,7 +41,7 @@ class FakeSource implements TokenSource {
   }
 }
 
-function setup(config: Partial<Config['token']> = {}, random = () => 0.5) {
+function setup(config: Partial<RouteConfig['token']> = {}, random = () => 0.5) {
   const source = new FakeSource();
   const metrics = new Metrics(new Registry(), { defaultMetrics: false });
   const lines: Record<string, unknown>[] = [];
@@ -53,7 +53,7 @@ function setup(config: Partial<Config['token']> = {}, random = () => 0.5) {
     credentials: () => credentials,
     clock: systemClock,
     logger,
-    metrics,
+    metrics: metrics.forRoutes(['default']),
     random,
   });
   return {

@@ -62,7 +62,7 @@ export function setup(
   const pacer = new QueuePacer({
     store,
     clock,
-    metrics,
+    metrics: metrics.forRoutes(['default']),
     queueMax: limits.queueMax ?? 1000,
     queueTimeoutMs: limits.queueTimeoutMs ?? 30_000,
     confirmStarts: limits.confirmStarts ?? false,

@@ -325,7 +325,7 @@ describe('QueuePacer: metrics and shutdown', () => {
     expect(b.state).toBe('resolved');
     expect(await metricValue(metrics, 'm2m_proxy_queue_wait_seconds')).toBe(2);
     const json = await metrics.registry.getSingleMetricAsString('m2m_proxy_queue_wait_seconds');
-    expect(json).toMatch(/m2m_proxy_queue_wait_seconds_sum 0\.5\b/);
+    expect(json).toMatch(/m2m_proxy_queue_wait_seconds_sum\{route="default"\} 0\.5\b/);
   });
 
   it('m2m_proxy_window_remaining rises again as starts leave the window, with no request coming', async () => {
@@ -340,7 +340,7 @@ describe('QueuePacer: metrics and shutdown', () => {
     const pacer = new QueuePacer({
       store,
       clock: systemClock,
-      metrics,
+      metrics: metrics.forRoutes(['default']),
       queueMax: 10,
       queueTimeoutMs: 30_000,
     });
@@ -384,7 +384,9 @@ describe('QueuePacer: metrics and shutdown', () => {
       'm2m_proxy_requests_rejected_total',
     );
     // The series exists from the start (at 0); the pacer never increments it.
-    expect(text).toMatch(/^m2m_proxy_requests_rejected_total\{reason="rate_limited"\} 0$/m);
+    expect(text).toMatch(
+      /^m2m_proxy_requests_rejected_total\{route="default",reason="rate_limited"\} 0$/m,
+    );
   });
 
   it('close() rejects what is still queued with shutting_down and admits nothing more', async () => {
@@ -426,14 +428,17 @@ describe('PassThroughPacer and createPacer', () => {
   const metrics = () => new Metrics(new Registry(), { defaultMetrics: false });
 
   it('createPacer returns a pass-through pacer only when both limits are off', () => {
-    const deps = { clock: systemClock, metrics: metrics() };
+    const deps = { clock: systemClock, metrics: metrics().forRoutes(['default']) };
     expect(createPacer(rateLimit(0, 0), deps)).toBeInstanceOf(PassThroughPacer);
     expect(createPacer(rateLimit(6, 0), deps)).toBeInstanceOf(QueuePacer);
     expect(createPacer(rateLimit(0, 2000), deps)).toBeInstanceOf(QueuePacer);
   });
 
   it('never delays when pacing is off', async () => {
-    const pacer = createPacer(rateLimit(0, 0), { clock: systemClock, metrics: metrics() });
+    const pacer = createPacer(rateLimit(0, 0), {
+      clock: systemClock,
+      metrics: metrics().forRoutes(['default']),
+    });
     const all = Array.from({ length: 100 }, () => track(pacer.acquire({ deadline: FOREVER })));
     await flush();
     expect(all.every((t) => t.state === 'resolved' && t.at === T0)).toBe(true);
@@ -441,7 +446,10 @@ describe('PassThroughPacer and createPacer', () => {
 
   it('still applies ready(), queue.max and the pause when pacing is off', async () => {
     const m = metrics();
-    const pacer = createPacer(rateLimit(0, 0), { clock: systemClock, metrics: m });
+    const pacer = createPacer(rateLimit(0, 0), {
+      clock: systemClock,
+      metrics: m.forRoutes(['default']),
+    });
     let release = () => {};
     const gate = new Promise<void>((resolve) => {
       release = resolve;
@@ -514,7 +522,7 @@ describe('PassThroughPacer and createPacer', () => {
     const pacer = new QueuePacer({
       store,
       clock: stallingClock,
-      metrics,
+      metrics: metrics.forRoutes(['default']),
       queueMax: 100,
       queueTimeoutMs: 30_000,
     });
