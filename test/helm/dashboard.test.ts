@@ -43,7 +43,35 @@ describe('Grafana dashboard (dashboards/m2m-proxy.json)', () => {
       'datasource',
       'namespace',
       'pod',
+      'route',
     ]);
+  });
+
+  it("has a route variable and shows every series per route (the metrics' `route` label)", () => {
+    const route = dashboard.templating.list.find((v) => v.name === 'route') as unknown as {
+      query: { query: string };
+      includeAll: boolean;
+      multi: boolean;
+    };
+    expect(route.query.query).toMatch(/^label_values\(m2m_proxy_[a-z_]+\{[^}]*\}, route\)$/);
+    expect(route.includeAll && route.multi).toBe(true);
+    const targets = panels.flatMap((p) =>
+      (p.targets ?? []).map((t) => ({ panel: p.title, ...t })),
+    ) as { panel: string; expr: string; legendFormat?: string }[];
+    expect(targets.length).toBeGreaterThan(0);
+    for (const t of targets) {
+      // Every selector of a proxy metric is filtered by the chosen routes ...
+      const selectors = [...t.expr.matchAll(/\bm2m_proxy_[a-z0-9_]+(\{[^}]*\})?/g)];
+      expect(selectors.length, t.panel).toBeGreaterThan(0);
+      for (const [selector, matchers] of selectors) {
+        expect(matchers ?? '', `${t.panel}: ${selector}`).toContain('route=~"$route"');
+      }
+      // ... and each series keeps its route: grouped by it and named by it in the legend.
+      for (const [, labels] of t.expr.matchAll(/\bby \(([^)]*)\)/g)) {
+        expect(labels?.split(/,\s*/), `${t.panel}: ${t.expr}`).toContain('route');
+      }
+      expect(t.legendFormat, t.panel).toContain('{{route}}');
+    }
   });
 
   it('queries with valid PromQL', () => {
