@@ -14,6 +14,7 @@ import {
   CHART_DIR,
   createRenderer,
   type K8sObject,
+  mergeValues,
   parseManifests,
   planRenderer,
   type Renderer,
@@ -55,12 +56,47 @@ function volumesOf(objects: K8sObject[]): Any[] {
   return (find(objects, 'Deployment') as K8sObject).spec.template.spec.volumes;
 }
 
+/** Applies `a.b[1].c=value` to parsed values, typed as Helm's --set types it. */
+function applySet(values: Record<string, unknown>, assignment: string): void {
+  const eq = assignment.indexOf('=');
+  const raw = assignment.slice(eq + 1);
+  const value: unknown =
+    raw === 'true' ? true : raw === 'false' ? false : /^-?\d+$/.test(raw) ? Number(raw) : raw;
+  const keys = assignment
+    .slice(0, eq)
+    .split('.')
+    .flatMap((part) => {
+      const m = /^([^[]+)\[(\d+)\]$/.exec(part);
+      return m ? [m[1] as string, Number(m[2])] : [part];
+    });
+  let node: Any = values;
+  keys.slice(0, -1).forEach((key, i) => {
+    node[key] ??= typeof keys[i + 1] === 'number' ? [] : {};
+    node = node[key];
+  });
+  node[keys[keys.length - 1] as string | number] = value;
+}
+
 describe.skipIf(!plan.available)(title, () => {
   let renderer: Renderer;
   let objects: K8sObject[];
 
+  /**
+   * Renders ci/routes-values.yaml with `set` applied to it here, as a values file: Helm's --set
+   * changes one item of a list from a values file, the offline stand-in replaces the whole list.
+   */
   function render(options: RenderOptions = {}) {
-    return renderer.render(CHART_DIR, { valuesFiles: [ROUTES_VALUES], ...options });
+    const { set = [], ...rest } = options;
+    const dir = mkdtempSync(join(tmpdir(), 'm2m-proxy-routes-values-'));
+    try {
+      const values = parse(readFileSync(ROUTES_VALUES, 'utf8'));
+      for (const assignment of set) applySet(values, assignment);
+      const file = join(dir, 'values.yaml');
+      writeFileSync(file, stringify(values));
+      return renderer.render(CHART_DIR, { ...rest, valuesFiles: [file] });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }
 
   function renderOk(options: RenderOptions = {}): K8sObject[] {
@@ -391,6 +427,23 @@ describe.skipIf(!plan.available)(title, () => {
       }
     });
 
+    it('groups by route without routes too (one route, "default"), thresholds unchanged', () => {
+      const r = renderer.render(CHART_DIR, {
+        valuesFiles: [join(CHART_DIR, 'ci/monitoring-values.yaml')],
+      });
+      expect(r.stderr).toBe('');
+      const rules = rulesOf(parseManifests(r.stdout));
+      const failing = rules.find((x) => x.alert === 'M2MProxyTokenRenewalFailing')?.expr ?? '';
+      expect(failing).toContain(
+        'sum by (namespace, pod, route) (rate(m2m_proxy_token_refreshes_total',
+      );
+      // No route matcher: the only route's series, whatever its label.
+      for (const x of rules) expect(x.expr, x.alert).not.toContain('route=');
+      expect(rules.find((x) => x.alert === 'M2MProxyQueueNearFull')?.expr).toBe(
+        'max by (namespace, pod, route) (m2m_proxy_queue_length{namespace="default"}) > 800',
+      );
+    });
+
     it("uses each route's own token.minRemaining and queue.max for its thresholds", () => {
       const rules = rulesOf(objects);
       const expiring = rules.find((r) => r.alert === 'M2MProxyTokenExpiringSoon')?.expr ?? '';
@@ -409,6 +462,47 @@ describe.skipIf(!plan.available)(title, () => {
       const unshared = rulesOf(renderOk({ set: ['routes[0].rateLimit.shared.enabled=false'] }));
       expect(unshared.map((r) => r.alert)).not.toContain('M2MProxySharedBudgetDown');
     });
+  });
+
+  it('injects the routes into a chart that includes the named templates', () => {
+    // As chart.test.ts does for one API: helm/examples/my-app with this chart's helpers copied in
+    // and this chart's defaults merged under `m2m-proxy` (what Helm gives a dependency).
+    const dir = mkdtempSync(join(tmpdir(), 'm2m-proxy-wrapper-routes-'));
+    try {
+      const app = join(dir, 'my-app');
+      cpSync(join(CHART_DIR, '../examples/my-app'), app, { recursive: true });
+      cpSync(join(CHART_DIR, 'templates/_helpers.tpl'), join(app, 'templates/_m2m-proxy.tpl'));
+      const meta = parse(readFileSync(join(app, 'Chart.yaml'), 'utf8'));
+      delete meta.dependencies;
+      writeFileSync(join(app, 'Chart.yaml'), stringify(meta));
+      const defaults = parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8'));
+      const routes = parse(readFileSync(ROUTES_VALUES, 'utf8'));
+      const values = parse(readFileSync(join(app, 'values.yaml'), 'utf8'));
+      values['m2m-proxy'] = mergeValues(defaults, {
+        token: routes.token,
+        rateLimit: routes.rateLimit,
+        routes: routes.routes,
+      });
+      writeFileSync(join(app, 'values.yaml'), stringify(values));
+      const r = renderer.render(app, { releaseName: 'shop' });
+      expect(r.stderr).toBe('');
+      const deployment = parseManifests(r.stdout).find((o) => o.kind === 'Deployment') as K8sObject;
+      expect(() => new Deployment(deployment as never).validate()).not.toThrow();
+      const spec = deployment.spec.template.spec;
+      const proxy = spec.initContainers[0];
+      expect(proxy.ports.map((p: Any) => p.containerPort)).toEqual([9090, 8081, 8082]);
+      expect(spec.volumes.map((v: Any) => v.name)).toEqual([
+        'm2m-proxy-config',
+        'm2m-proxy-credentials-billing',
+        'm2m-proxy-credentials-crm',
+        'm2m-proxy-redis',
+      ]);
+      expect(
+        spec.volumes.find((v: Any) => v.name === 'm2m-proxy-credentials-crm').secret.secretName,
+      ).toBe('shop-m2m-proxy-credentials');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('renders NOTES.txt with every route, its port and its upstream', () => {

@@ -8,6 +8,7 @@ import { CHART_DIR } from './renderer.js';
 interface Panel {
   type: string;
   title: string;
+  repeat?: string;
   targets?: { expr: string }[];
   panels?: Panel[];
 }
@@ -56,8 +57,8 @@ describe('Grafana dashboard (dashboards/m2m-proxy.json)', () => {
     expect(route.query.query).toMatch(/^label_values\(m2m_proxy_[a-z_]+\{[^}]*\}, route\)$/);
     expect(route.includeAll && route.multi).toBe(true);
     const targets = panels.flatMap((p) =>
-      (p.targets ?? []).map((t) => ({ panel: p.title, ...t })),
-    ) as { panel: string; expr: string; legendFormat?: string }[];
+      (p.targets ?? []).map((t) => ({ panel: p.title, repeat: p.repeat, ...t })),
+    ) as { panel: string; repeat?: string; expr: string; legendFormat?: string }[];
     expect(targets.length).toBeGreaterThan(0);
     for (const t of targets) {
       // Every selector of a proxy metric is filtered by the chosen routes ...
@@ -70,8 +71,24 @@ describe('Grafana dashboard (dashboards/m2m-proxy.json)', () => {
       for (const [, labels] of t.expr.matchAll(/\bby \(([^)]*)\)/g)) {
         expect(labels?.split(/,\s*/), `${t.panel}: ${t.expr}`).toContain('route');
       }
-      expect(t.legendFormat, t.panel).toContain('{{route}}');
+      // A panel repeated per route names it in its title; the others in each legend.
+      if (t.repeat === undefined) expect(t.legendFormat, t.panel).toContain('{{route}}');
+      else expect(t.panel).toContain('$route');
     }
+  });
+
+  it('has one overview panel per route, repeated for each route chosen', () => {
+    const repeated = panels.filter((p) => p.repeat !== undefined);
+    expect(repeated.map((p) => [p.repeat, p.title])).toEqual([['route', '$route']]);
+    const names = new Set(
+      (repeated[0]?.targets ?? []).flatMap((t) => [...referencedMetricNames(t.expr)]),
+    );
+    expect([...names].sort()).toEqual([
+      'm2m_proxy_queue_length',
+      'm2m_proxy_requests_rejected_total',
+      'm2m_proxy_token_expiry_timestamp_seconds',
+      'm2m_proxy_upstream_responses_total',
+    ]);
   });
 
   it('queries with valid PromQL', () => {
