@@ -81,6 +81,11 @@ describe.skipIf(!plan.available)(title, () => {
   let renderer: Renderer;
   let objects: K8sObject[];
 
+  /** The one place this file calls the renderer of ./renderer.js. */
+  function renderChart(chartDir: string, options: RenderOptions = {}) {
+    return renderer.render(chartDir, options);
+  }
+
   /**
    * Renders ci/routes-values.yaml with `set` applied to it here, as a values file: Helm's --set
    * changes one item of a list from a values file, the offline stand-in replaces the whole list.
@@ -93,7 +98,7 @@ describe.skipIf(!plan.available)(title, () => {
       for (const assignment of set) applySet(values, assignment);
       const file = join(dir, 'values.yaml');
       writeFileSync(file, stringify(values));
-      return renderer.render(CHART_DIR, { ...rest, valuesFiles: [file] });
+      return renderChart(CHART_DIR, { ...rest, valuesFiles: [file] });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -428,7 +433,7 @@ describe.skipIf(!plan.available)(title, () => {
     });
 
     it('groups by route without routes too (one route, "default"), thresholds unchanged', () => {
-      const r = renderer.render(CHART_DIR, {
+      const r = renderChart(CHART_DIR, {
         valuesFiles: [join(CHART_DIR, 'ci/monitoring-values.yaml')],
       });
       expect(r.stderr).toBe('');
@@ -484,7 +489,7 @@ describe.skipIf(!plan.available)(title, () => {
         routes: routes.routes,
       });
       writeFileSync(join(app, 'values.yaml'), stringify(values));
-      const r = renderer.render(app, { releaseName: 'shop' });
+      const r = renderChart(app, { releaseName: 'shop' });
       expect(r.stderr).toBe('');
       const deployment = parseManifests(r.stdout).find((o) => o.kind === 'Deployment') as K8sObject;
       expect(() => new Deployment(deployment as never).validate()).not.toThrow();
@@ -522,7 +527,7 @@ describe.skipIf(!plan.available)(title, () => {
       );
       const notesOf = (set: string[]) =>
         (
-          parseManifests(renderer.render(chart, { valuesFiles: [ROUTES_VALUES], set }).stdout).find(
+          parseManifests(renderChart(chart, { valuesFiles: [ROUTES_VALUES], set }).stdout).find(
             (o) => o.metadata.name === 'notes',
           ) as K8sObject
         ).data?.notes as string;

@@ -447,7 +447,7 @@ A resolved route's upstream, token and rateLimit blocks as the proxy reads them,
 {{- end -}}
 
 {{/*
-m2m-proxy.yaml (CONTRACT.md "Configuration"), in the contract's key order. With routes, the
+m2m-proxy.yaml (docs/configuration.md), in its key order. With routes, the
 top-level upstream, token and rateLimit give way to one entry per route.
 */}}
 {{- define "m2m-proxy.configYaml" -}}
