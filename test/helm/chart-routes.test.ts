@@ -56,12 +56,18 @@ function volumesOf(objects: K8sObject[]): Any[] {
   return (find(objects, 'Deployment') as K8sObject).spec.template.spec.volumes;
 }
 
-/** Applies `a.b[1].c=value` to parsed values, typed as Helm's --set types it. */
+/** Applies `a.b[1].c=value` to parsed values, typed as a values file would type it. */
 function applySet(values: Record<string, unknown>, assignment: string): void {
   const eq = assignment.indexOf('=');
   const raw = assignment.slice(eq + 1);
   const value: unknown =
-    raw === 'true' ? true : raw === 'false' ? false : /^-?\d+$/.test(raw) ? Number(raw) : raw;
+    raw === 'true'
+      ? true
+      : raw === 'false'
+        ? false
+        : /^-?\d+(\.\d+)?$/.test(raw)
+          ? Number(raw)
+          : raw;
   const keys = assignment
     .slice(0, eq)
     .split('.')
@@ -395,6 +401,34 @@ describe.skipIf(!plan.available)(title, () => {
     const r = render({ set });
     expect(r.status).not.toBe(0);
     expect(r.stderr).toContain(message);
+  });
+
+  it('refuses two routes that share a Redis key with different budgets, as the proxy does', () => {
+    // crm on billing's host: the same default key, m2m-proxy:billing.example.com.
+    const sameHost = [
+      'routes[1].upstream.url=https://billing.example.com/crm',
+      'routes[1].rateLimit.shared.enabled=true',
+      'routes[1].rateLimit.shared.redis=redis://redis-master.redis.svc:6379/0',
+    ];
+    const r = render({ set: sameHost });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain(
+      'routes[1].rateLimit: shares rateLimit.shared.key "m2m-proxy:billing.example.com" with routes[0]',
+    );
+    // The same budget (window length written another way) is one budget: accepted.
+    const same = renderOk({
+      set: [
+        ...sameHost,
+        'routes[1].rateLimit.perSecond=6',
+        'routes[1].rateLimit.window.max=1000',
+        'routes[1].rateLimit.window.length=300s',
+        'routes[1].rateLimit.shared.fallback=0.5',
+      ],
+    });
+    const [billing, crm] = configOf(same).routes;
+    expect(crm.rateLimit.shared.key).toBe(billing.rateLimit.shared.key);
+    // Its own key: its own budget.
+    expect(render({ set: [...sameHost, 'routes[1].rateLimit.shared.key=crm'] }).status).toBe(0);
   });
 
   it('lists every problem of every route at once', () => {

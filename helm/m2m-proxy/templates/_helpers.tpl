@@ -366,6 +366,7 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 {{- end -}}
 {{- $names := list -}}
 {{- $ports := list -}}
+{{- $budgets := dict -}}
 {{- range $route := $routes -}}
 {{- if has $route.name $names -}}
 {{- $errors = append $errors (printf "%sname: %s is the name of an earlier route (names must be unique)" $route.path $route.name) -}}
@@ -377,6 +378,20 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 {{- $ports = append $ports (int $route.port) -}}
 {{- if eq (int $route.port) (int $v.admin.port) -}}
 {{- $errors = append $errors (printf "%sport: must differ from admin.port (%d)" $route.path (int $v.admin.port)) -}}
+{{- end -}}
+{{- $shared := $route.rateLimit.shared -}}
+{{- if and $shared.enabled $shared.redis $route.upstream.url -}}
+{{- /* One Redis key is one budget: the proxy refuses routes that describe it differently. */ -}}
+{{- $key := include "m2m-proxy.sharedKeyOf" $route -}}
+{{- $r := $route.rateLimit -}}
+{{- $budget := toJson (list (float64 $r.perSecond) (int $r.burst) (int $r.window.max) (include "m2m-proxy.durationMs" $r.window.length | float64) $shared.redis (float64 $shared.fallback)) -}}
+{{- with index $budgets $key -}}
+{{- if ne .budget $budget -}}
+{{- $errors = append $errors (printf "%srateLimit: shares rateLimit.shared.key %q with %s and must then have the same perSecond, burst, window and shared settings" $route.path $key (trimSuffix "." .path)) -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $budgets $key (dict "budget" $budget "path" $route.path) -}}
+{{- end -}}
 {{- end -}}
 {{- if gt (len $route.volumeName) 63 -}}
 {{- $errors = append $errors (printf "%sname: the volume name %s is longer than 63 characters; shorten the route name or sidecar.name" $route.path $route.volumeName) -}}
