@@ -424,8 +424,6 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 {{- end -}}
 {{- end -}}
 
-{{/* ============================== the proxy's configuration ============================== */}}
-
 {{/*
 A resolved route's upstream, token and rateLimit blocks as the proxy reads them, as JSON.
 .route: the route; .values: the chart's values (the CA and the Redis password are global).
@@ -461,19 +459,22 @@ A resolved route's upstream, token and rateLimit blocks as the proxy reads them,
 {{- toJson (dict "upstream" $upstream "token" $token "rateLimit" $rateLimit) -}}
 {{- end -}}
 
-{{/*
-m2m-proxy.yaml (docs/configuration.md), in its key order. With routes, the
-top-level upstream, token and rateLimit give way to one entry per route.
-*/}}
+{{/* ============================== the proxy's configuration ============================== */}}
+
+{{/* m2m-proxy.yaml (CONTRACT.md "Configuration"), in the contract's key order. */}}
 {{- define "m2m-proxy.configYaml" -}}
 {{- $v := .Values -}}
+{{- /* With routes, one entry per route replaces the top-level upstream, token and rateLimit. */ -}}
 {{- $routes := (include "m2m-proxy.resolvedRoutes" . | fromJson).routes -}}
+{{- $blocks := dict -}}
+{{- if not $v.routes -}}
+{{- $blocks = include "m2m-proxy.routeBlocks" (dict "route" (first $routes) "values" $v) | fromJson -}}
+{{- end -}}
 # Rendered by the m2m-proxy Helm chart from its values; see CONTRACT.md "Configuration".
-{{- if $v.routes }}
 listen:
+{{- if $v.routes }}
   host: {{ $v.listen.host }}
 {{- else }}
-listen:
   {{- toYaml (dict "host" $v.listen.host "port" $v.listen.port) | nindent 2 }}
 {{- end }}
 admin:
@@ -496,7 +497,6 @@ routes:
       {{- toYaml $blocks.rateLimit | nindent 6 }}
 {{- end }}
 {{- else }}
-{{- $blocks := include "m2m-proxy.routeBlocks" (dict "route" (first $routes) "values" $v) | fromJson }}
 upstream:
   {{- toYaml $blocks.upstream | nindent 2 }}
 token:
