@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { CHART_METRIC_NAMES, referencedMetricNames } from './metric-names.js';
+import { proxyReadsRoutes } from './proxy-routes.js';
 import {
   CHART_DIR,
   findHelm,
@@ -217,6 +218,7 @@ describe.skipIf(!plan.available)(title, () => {
         'private-key-jwt-values.yaml',
         'shared-redis-values.yaml',
         'monitoring-values.yaml',
+        'routes-values.yaml',
       ]),
     );
   });
@@ -234,9 +236,16 @@ describe.skipIf(!plan.available)(title, () => {
       }
     });
 
-    it('renders a configuration with only the contract keys, which the proxy accepts', async () => {
+    it('renders a configuration with only the contract keys, which the proxy accepts', async (ctx) => {
       const config = configOf(ci(file));
-      for (const key of Object.keys(config)) expect(CONFIG_TOP_KEYS).toContain(key);
+      for (const key of Object.keys(config)) expect([...CONFIG_TOP_KEYS, 'routes']).toContain(key);
+      if ('routes' in config && !(await proxyReadsRoutes())) {
+        // Loudly: the routes shape is checked against the contract in chart-routes.test.ts.
+        console.warn(
+          `\n[helm chart tests] ${file}: this build of the proxy has no \`routes\` yet.\n`,
+        );
+        ctx.skip();
+      }
       const dir = mkdtempSync(join(tmpdir(), 'm2m-proxy-chart-'));
       try {
         const path = join(dir, 'm2m-proxy.yaml');
@@ -249,18 +258,23 @@ describe.skipIf(!plan.available)(title, () => {
 
     it('mounts every file the configuration names, as a whole directory (rotation works)', () => {
       const objects = ci(file);
-      const config = configOf(objects) as {
+      interface Blocks {
         token: { credentials: Record<string, string> };
         upstream: { caFile?: string };
         rateLimit: { shared?: { passwordFile?: string } };
-      };
-      const files = [
-        ...Object.entries(config.token.credentials)
-          .filter(([k]) => k.endsWith('File'))
-          .map(([, v]) => v),
-        config.upstream.caFile,
-        config.rateLimit.shared?.passwordFile,
-      ].filter((f): f is string => typeof f === 'string');
+      }
+      const config = configOf(objects) as Partial<Blocks> & { routes?: Blocks[] };
+      // With routes, each route has its own blocks; without, the top level has the only ones.
+      const blocks = config.routes ?? [config as Blocks];
+      const files = blocks
+        .flatMap((b) => [
+          ...Object.entries(b.token.credentials)
+            .filter(([k]) => k.endsWith('File'))
+            .map(([, v]) => v),
+          b.upstream.caFile,
+          b.rateLimit.shared?.passwordFile,
+        ])
+        .filter((f): f is string => typeof f === 'string');
       expect(files.length).toBeGreaterThan(0);
       // Without the chart's example, the Deployment is the including chart's (helm/examples/my-app).
       const deployment = deploymentFor(file);

@@ -8,6 +8,7 @@ import { CHART_DIR } from './renderer.js';
 interface Panel {
   type: string;
   title: string;
+  repeat?: string;
   targets?: { expr: string }[];
   panels?: Panel[];
 }
@@ -43,6 +44,50 @@ describe('Grafana dashboard (dashboards/m2m-proxy.json)', () => {
       'datasource',
       'namespace',
       'pod',
+      'route',
+    ]);
+  });
+
+  it("has a route variable and shows every series per route (the metrics' `route` label)", () => {
+    const route = dashboard.templating.list.find((v) => v.name === 'route') as unknown as {
+      query: { query: string };
+      includeAll: boolean;
+      multi: boolean;
+    };
+    expect(route.query.query).toMatch(/^label_values\(m2m_proxy_[a-z_]+\{[^}]*\}, route\)$/);
+    expect(route.includeAll && route.multi).toBe(true);
+    const targets = panels.flatMap((p) =>
+      (p.targets ?? []).map((t) => ({ panel: p.title, repeat: p.repeat, ...t })),
+    ) as { panel: string; repeat?: string; expr: string; legendFormat?: string }[];
+    expect(targets.length).toBeGreaterThan(0);
+    for (const t of targets) {
+      // Every selector of a proxy metric is filtered by the chosen routes ...
+      const selectors = [...t.expr.matchAll(/\bm2m_proxy_[a-z0-9_]+(\{[^}]*\})?/g)];
+      expect(selectors.length, t.panel).toBeGreaterThan(0);
+      for (const [selector, matchers] of selectors) {
+        expect(matchers ?? '', `${t.panel}: ${selector}`).toContain('route=~"$route"');
+      }
+      // ... and each series keeps its route: grouped by it and named by it in the legend.
+      for (const [, labels] of t.expr.matchAll(/\bby \(([^)]*)\)/g)) {
+        expect(labels?.split(/,\s*/), `${t.panel}: ${t.expr}`).toContain('route');
+      }
+      // A panel repeated per route names it in its title; the others in each legend.
+      if (t.repeat === undefined) expect(t.legendFormat, t.panel).toContain('{{route}}');
+      else expect(t.panel).toContain('$route');
+    }
+  });
+
+  it('has one overview panel per route, repeated for each route chosen', () => {
+    const repeated = panels.filter((p) => p.repeat !== undefined);
+    expect(repeated.map((p) => [p.repeat, p.title])).toEqual([['route', '$route']]);
+    const names = new Set(
+      (repeated[0]?.targets ?? []).flatMap((t) => [...referencedMetricNames(t.expr)]),
+    );
+    expect([...names].sort()).toEqual([
+      'm2m_proxy_queue_length',
+      'm2m_proxy_requests_rejected_total',
+      'm2m_proxy_token_expiry_timestamp_seconds',
+      'm2m_proxy_upstream_responses_total',
     ]);
   });
 

@@ -24,6 +24,22 @@ function at(path: string, value: unknown): Record<string, unknown> {
     .reduce<unknown>((acc, key) => ({ [key]: acc }), value) as Record<string, unknown>;
 }
 
+/** A valid route with `changes` laid over it (`undefined` removes a key). */
+function route(changes: Record<string, unknown>): Record<string, unknown> {
+  const base: Record<string, unknown> = {
+    name: 'billing',
+    port: 8081,
+    upstream: { url: 'https://billing.example.com/v2' },
+    token: { url: 'https://idp.example.com/token' },
+    credentials: { existingSecret: 'billing-m2m', existingSecretKeys: { authorization: 'auth' } },
+  };
+  for (const [k, v] of Object.entries(changes)) {
+    if (v === undefined) delete base[k];
+    else base[k] = v;
+  }
+  return base;
+}
+
 function errorsFor(values: unknown): string {
   return validate(values) ? '' : ajv.errorsText(validate.errors);
 }
@@ -36,6 +52,26 @@ describe('values.schema.json', () => {
   it.each(ciFiles)('accepts values.yaml with ci/%s', (file) => {
     const values = mergeValues(defaults, parse(readFileSync(join(CHART_DIR, 'ci', file), 'utf8')));
     expect(errorsFor(values)).toBe('');
+  });
+
+  it('accepts a valid route, and routes that set only what differs', () => {
+    expect(errorsFor(mergeValues(defaults, { routes: [route({})] }))).toBe('');
+    const full = route({
+      host: '0.0.0.0',
+      upstream: { url: 'https://billing.example.com/v2', timeout: '5s' },
+      token: { url: 'https://i.example/t', authMethod: 'private_key_jwt', retry: { min: '2s' } },
+      credentials: {
+        existingSecret: 's',
+        existingSecretKeys: { clientId: 'id', privateKey: 'tls.key' },
+        keyId: 'k1',
+      },
+      rateLimit: {
+        perSecond: 0,
+        window: { max: 0 },
+        shared: { enabled: true, redis: 'redis://r' },
+      },
+    });
+    expect(errorsFor(mergeValues(defaults, { routes: [full, route({ name: 'crm' })] }))).toBe('');
   });
 
   it('describes every value of values.yaml (no value outside the schema)', () => {
@@ -91,6 +127,29 @@ describe('values.schema.json', () => {
         at('monitoring.podMonitor.enabled', true),
         at('monitoring.serviceMonitor.enabled', true),
       ),
+    ],
+    ['a route name with capitals', { routes: [route({ name: 'Billing' })] }],
+    ['a route name longer than 32 characters', { routes: [route({ name: `r${'x'.repeat(32)}` })] }],
+    ['a route port out of range', { routes: [route({ port: 70000 })] }],
+    ['a route without a port', { routes: [route({ port: undefined })] }],
+    ['a route without credentials', { routes: [route({ credentials: undefined })] }],
+    ['a route without an upstream URL', { routes: [route({ upstream: { timeout: '5s' } })] }],
+    ['an unknown key in a route (typo)', { routes: [route({ upstrem: { url: 'https://x' } })] }],
+    [
+      'a CA file in a route (upstream.ca is for every route)',
+      { routes: [route({ upstream: { url: 'https://x.example', caFile: '/ca.pem' } })] },
+    ],
+    [
+      "a route's own Redis password (rateLimit.shared.password is for every route)",
+      { routes: [route({ rateLimit: { shared: { password: { existingSecret: 'r' } } } })] },
+    ],
+    [
+      'a route duration without a unit',
+      { routes: [route({ token: { url: 'https://i', timeout: '10' } })] },
+    ],
+    [
+      'a route with an existing Secret and inline credentials',
+      { routes: [route({ credentials: { existingSecret: 'a', inline: { clientId: 'x' } } })] },
     ],
   ])('refuses %s', (_what, bad) => {
     expect(errorsFor(mergeValues(defaults, bad))).not.toBe('');

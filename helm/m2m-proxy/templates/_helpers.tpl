@@ -142,6 +142,90 @@ checksum/m2m-proxy-config: {{ include "m2m-proxy.configYaml" . | sha256sum }}
 {{- add 10 $preStop (include "m2m-proxy.durationSeconds" .Values.shutdown.timeout | float64 | ceil | int) -}}
 {{- end -}}
 
+{{/* ============================== routes ============================== */}}
+
+{{/*
+.over laid over .base, key by key into nested maps, as JSON. Unlike sprig's merge, a zero or
+empty value in .over wins (a route's `perSecond: 0` turns its pacing off).
+*/}}
+{{- define "m2m-proxy.overlay" -}}
+{{- $out := deepCopy (.base | default dict) -}}
+{{- range $k, $v := (.over | default dict) -}}
+{{- if and (kindIs "map" $v) (kindIs "map" (index $out $k)) -}}
+{{- $_ := set $out $k (include "m2m-proxy.overlay" (dict "base" (index $out $k) "over" $v) | fromJson) -}}
+{{- else -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+The routes the proxy serves, as JSON {"routes": [...]}. Each has its name, port, host (only when
+the route sets one), upstream, token and rateLimit (the route's keys laid over the top-level
+blocks), credentials, keys ({part: key in the Secret}), secretName, volumeName, mountPath and
+path (the values path that error messages name). Without `routes`: one route "default" from
+the top-level blocks, mounted and named exactly as the chart did before routes existed.
+*/}}
+{{- define "m2m-proxy.resolvedRoutes" -}}
+{{- $v := .Values -}}
+{{- $files := include "m2m-proxy.credentialFiles" . | fromJson -}}
+{{- $secretName := include "m2m-proxy.credentialsSecretName" . -}}
+{{- $routes := list -}}
+{{- if $v.routes -}}
+{{- $chartSecret := printf "%s-credentials" (include "m2m-proxy.fullname" .) -}}
+{{- range $i, $r := $v.routes -}}
+{{- $c := include "m2m-proxy.overlay" (dict "base" (dict "existingSecret" "" "existingSecretKeys" dict "inline" dict "keyId" "") "over" $r.credentials) | fromJson -}}
+{{- $keys := dict -}}
+{{- range $part := list "authorization" "clientId" "clientSecret" "privateKey" -}}
+{{- if $c.existingSecret -}}
+{{- with index $c.existingSecretKeys $part -}}{{- $_ := set $keys $part . -}}{{- end -}}
+{{- else if index $c.inline $part -}}
+{{- $_ := set $keys $part (printf "%s.%s" $r.name (index $files $part)) -}}
+{{- end -}}
+{{- end -}}
+{{- $route := dict
+  "name" $r.name
+  "port" $r.port
+  "upstream" (include "m2m-proxy.overlay" (dict "base" $v.upstream "over" $r.upstream) | fromJson)
+  "token" (include "m2m-proxy.overlay" (dict "base" $v.token "over" $r.token) | fromJson)
+  "rateLimit" (include "m2m-proxy.overlay" (dict "base" $v.rateLimit "over" $r.rateLimit) | fromJson)
+  "credentials" $c
+  "keys" $keys
+  "secretName" ($c.existingSecret | default $chartSecret)
+  "volumeName" (printf "%s-credentials-%s" $v.sidecar.name $r.name)
+  "mountPath" (printf "%s/%s" (trimSuffix "/" $v.credentials.mountPath) $r.name)
+  "path" (printf "routes[%d]." $i)
+-}}
+{{- with $r.host -}}{{- $_ := set $route "host" . -}}{{- end -}}
+{{- $routes = append $routes $route -}}
+{{- end -}}
+{{- else -}}
+{{- $routes = list (dict
+  "name" "default"
+  "port" $v.listen.port
+  "upstream" $v.upstream
+  "token" $v.token
+  "rateLimit" $v.rateLimit
+  "credentials" $v.credentials
+  "keys" (include "m2m-proxy.credentialKeys" . | fromJson)
+  "secretName" $secretName
+  "volumeName" (printf "%s-credentials" $v.sidecar.name)
+  "mountPath" $v.credentials.mountPath
+  "path" ""
+) -}}
+{{- end -}}
+{{- toJson (dict "routes" $routes) -}}
+{{- end -}}
+
+{{/* A route's container port name: m2m-<route> when that is a valid port name, else none. */}}
+{{- define "m2m-proxy.routePortName" -}}
+{{- $name := printf "m2m-%s" . -}}
+{{- if and (le (len $name) 15) (not (contains "--" $name)) (not (hasSuffix "-" $name)) -}}
+{{- $name -}}
+{{- end -}}
+{{- end -}}
+
 {{/* ============================== credentials ============================== */}}
 
 {{/* The file name each credential part is mounted as, under credentials.mountPath. */}}
@@ -167,15 +251,99 @@ existing Secret, else the inline values present (the chart's Secret uses the fil
 {{- toJson $keys -}}
 {{- end -}}
 
-{{- define "m2m-proxy.inlineCredentials" -}}
+{{/* The inline credential parts set in a credentials block (.), comma-separated. */}}
+{{- define "m2m-proxy.inlineParts" -}}
 {{- $set := list -}}
-{{- range $part, $value := .Values.credentials.inline -}}
+{{- range $part, $value := .inline -}}
 {{- if $value -}}{{- $set = append $set $part -}}{{- end -}}
 {{- end -}}
 {{- join "," $set -}}
 {{- end -}}
 
+{{- define "m2m-proxy.inlineCredentials" -}}
+{{- include "m2m-proxy.inlineParts" .Values.credentials -}}
+{{- end -}}
+
+{{/*
+The chart's credentials Secret, as JSON {key: value}: the inline parts of the top-level
+credentials (keys: the file names) or, with routes, of every route (keys: <route>.<file>).
+Empty when every credential comes from an existing Secret.
+*/}}
+{{- define "m2m-proxy.inlineSecretData" -}}
+{{- $data := dict -}}
+{{- range $route := (include "m2m-proxy.resolvedRoutes" . | fromJson).routes -}}
+{{- if not $route.credentials.existingSecret -}}
+{{- range $part, $key := $route.keys -}}
+{{- $_ := set $data $key (index $route.credentials.inline $part) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $data -}}
+{{- end -}}
+
 {{/* ============================== validation ============================== */}}
+
+{{/*
+What is wrong with one resolved route (.), as a JSON list of messages, each starting with the
+values path (routes[1].token.url ...; nothing before it for the top-level blocks).
+*/}}
+{{- define "m2m-proxy.routeErrors" -}}
+{{- $p := .path -}}
+{{- $errors := list -}}
+{{- if not .upstream.url -}}
+{{- $errors = append $errors (printf "%supstream.url is required (e.g. https://api.example.com/api/v1)" $p) -}}
+{{- else if regexMatch `^https?://[^/]*@` .upstream.url -}}
+{{- $errors = append $errors (printf "%supstream.url must not contain credentials" $p) -}}
+{{- end -}}
+{{- if not .token.url -}}
+{{- $errors = append $errors (printf "%stoken.url is required (the OAuth 2.0 token endpoint)" $p) -}}
+{{- end -}}
+{{- $c := .credentials -}}
+{{- $inline := include "m2m-proxy.inlineParts" $c -}}
+{{- $keys := .keys -}}
+{{- if and $c.existingSecret $inline -}}
+{{- $errors = append $errors (printf "%scredentials: use %scredentials.existingSecret or %scredentials.inline, not both (inline has %s)" $p $p $p $inline) -}}
+{{- else if and (not $c.existingSecret) (not $inline) -}}
+{{- $errors = append $errors (printf "%scredentials: none given; set %scredentials.existingSecret and %scredentials.existingSecretKeys, or %scredentials.inline" $p $p $p $p) -}}
+{{- else if and $c.existingSecret (not $keys) -}}
+{{- $errors = append $errors (printf "%scredentials.existingSecretKeys: map at least one part (authorization, or clientId + clientSecret, or clientId + privateKey) to a key of the Secret" $p) -}}
+{{- else -}}
+{{- $forms := 0 -}}
+{{- range $part := list "authorization" "clientSecret" "privateKey" -}}
+{{- if hasKey $keys $part -}}{{- $forms = add1 $forms -}}{{- end -}}
+{{- end -}}
+{{- if gt $forms 1 -}}
+{{- $errors = append $errors (printf "%scredentials: use exactly one form: authorization, clientId + clientSecret, or clientId + privateKey" $p) -}}
+{{- end -}}
+{{- if and (or (hasKey $keys "clientSecret") (hasKey $keys "privateKey")) (not (hasKey $keys "clientId")) -}}
+{{- $errors = append $errors (printf "%scredentials: clientId is required with clientSecret or privateKey" $p) -}}
+{{- end -}}
+{{- if and (hasKey $keys "clientId") (eq $forms 0) -}}
+{{- $errors = append $errors (printf "%scredentials: clientId needs clientSecret or privateKey beside it" $p) -}}
+{{- end -}}
+{{- if and (hasKey $keys "privateKey") (ne .token.authMethod "private_key_jwt") -}}
+{{- $errors = append $errors (printf "%stoken.authMethod must be private_key_jwt when a privateKey is given" $p) -}}
+{{- end -}}
+{{- if and (eq .token.authMethod "private_key_jwt") (not (hasKey $keys "privateKey")) -}}
+{{- $errors = append $errors (printf "%stoken.authMethod private_key_jwt needs credentials privateKey (and clientId)" $p) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $c.keyId (not (hasKey $keys "privateKey")) -}}
+{{- $errors = append $errors (printf "%scredentials.keyId is only used with a privateKey" $p) -}}
+{{- end -}}
+{{- if gt (include "m2m-proxy.durationMs" .token.retry.min | float64) (include "m2m-proxy.durationMs" .token.retry.max | float64) -}}
+{{- $errors = append $errors (printf "%stoken.retry.min must not be greater than %stoken.retry.max" $p $p) -}}
+{{- end -}}
+{{- $shared := .rateLimit.shared -}}
+{{- if $shared.enabled -}}
+{{- if not $shared.redis -}}
+{{- $errors = append $errors (printf "%srateLimit.shared.redis is required when %srateLimit.shared.enabled (e.g. redis://redis:6379/0)" $p $p) -}}
+{{- else if regexMatch `^rediss?://[^/@]*:[^/@]*@` $shared.redis -}}
+{{- $errors = append $errors (printf "%srateLimit.shared.redis must not contain a password; use rateLimit.shared.password.existingSecret" $p) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $errors -}}
+{{- end -}}
 
 {{/*
 Refuses impossible combinations, listing every problem at once (as the proxy's --check does).
@@ -184,65 +352,62 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 {{- define "m2m-proxy.validate" -}}
 {{- $v := .Values -}}
 {{- $errors := list -}}
-{{- if not $v.upstream.url -}}
-{{- $errors = append $errors "upstream.url is required (e.g. https://api.example.com/api/v1)" -}}
-{{- else if regexMatch `^https?://[^/]*@` $v.upstream.url -}}
-{{- $errors = append $errors "upstream.url must not contain credentials" -}}
+{{- $routes := (include "m2m-proxy.resolvedRoutes" . | fromJson).routes -}}
+{{- if $v.routes -}}
+{{- /* Each route names its own API, token endpoint and client: nothing to inherit there. */ -}}
+{{- if $v.upstream.url -}}
+{{- $errors = append $errors "upstream.url: leave it empty with routes (each route has its own routes[].upstream.url)" -}}
 {{- end -}}
-{{- if not $v.token.url -}}
-{{- $errors = append $errors "token.url is required (the OAuth 2.0 token endpoint)" -}}
+{{- if $v.token.url -}}
+{{- $errors = append $errors "token.url: leave it empty with routes (each route has its own routes[].token.url)" -}}
 {{- end -}}
-{{- $c := $v.credentials -}}
-{{- $inline := include "m2m-proxy.inlineCredentials" . -}}
-{{- $keys := include "m2m-proxy.credentialKeys" . | fromJson -}}
-{{- if and $c.existingSecret $inline -}}
-{{- $errors = append $errors (printf "credentials: use credentials.existingSecret or credentials.inline, not both (inline has %s)" $inline) -}}
-{{- else if and (not $c.existingSecret) (not $inline) -}}
-{{- $errors = append $errors "credentials: none given; set credentials.existingSecret and credentials.existingSecretKeys, or credentials.inline" -}}
-{{- else if and $c.existingSecret (not $keys) -}}
-{{- $errors = append $errors "credentials.existingSecretKeys: map at least one part (authorization, or clientId + clientSecret, or clientId + privateKey) to a key of the Secret" -}}
+{{- if or $v.credentials.existingSecret (include "m2m-proxy.inlineCredentials" .) -}}
+{{- $errors = append $errors "credentials: leave credentials.existingSecret and credentials.inline empty with routes (each route has its own routes[].credentials)" -}}
+{{- end -}}
+{{- $names := list -}}
+{{- $ports := list -}}
+{{- $budgets := dict -}}
+{{- range $route := $routes -}}
+{{- if has $route.name $names -}}
+{{- $errors = append $errors (printf "%sname: %s is the name of an earlier route (names must be unique)" $route.path $route.name) -}}
+{{- end -}}
+{{- $names = append $names $route.name -}}
+{{- if has (int $route.port) $ports -}}
+{{- $errors = append $errors (printf "%sport: %d is the port of an earlier route (ports must be unique)" $route.path (int $route.port)) -}}
+{{- end -}}
+{{- $ports = append $ports (int $route.port) -}}
+{{- if eq (int $route.port) (int $v.admin.port) -}}
+{{- $errors = append $errors (printf "%sport: must differ from admin.port (%d)" $route.path (int $v.admin.port)) -}}
+{{- end -}}
+{{- $shared := $route.rateLimit.shared -}}
+{{- if and $shared.enabled $shared.redis $route.upstream.url -}}
+{{- /* One Redis key is one budget: the proxy refuses routes that describe it differently. */ -}}
+{{- $key := include "m2m-proxy.sharedKeyOf" $route -}}
+{{- $r := $route.rateLimit -}}
+{{- $budget := toJson (list (float64 $r.perSecond) (int $r.burst) (int $r.window.max) (include "m2m-proxy.durationMs" $r.window.length | float64) $shared.redis (float64 $shared.fallback)) -}}
+{{- with index $budgets $key -}}
+{{- if ne .budget $budget -}}
+{{- $errors = append $errors (printf "%srateLimit: shares rateLimit.shared.key %q with %s and must then have the same perSecond, burst, window and shared settings" $route.path $key (trimSuffix "." .path)) -}}
+{{- end -}}
 {{- else -}}
-{{- $forms := 0 -}}
-{{- range $part := list "authorization" "clientSecret" "privateKey" -}}
-{{- if hasKey $keys $part -}}{{- $forms = add1 $forms -}}{{- end -}}
-{{- end -}}
-{{- if gt $forms 1 -}}
-{{- $errors = append $errors "credentials: use exactly one form: authorization, clientId + clientSecret, or clientId + privateKey" -}}
-{{- end -}}
-{{- if and (or (hasKey $keys "clientSecret") (hasKey $keys "privateKey")) (not (hasKey $keys "clientId")) -}}
-{{- $errors = append $errors "credentials: clientId is required with clientSecret or privateKey" -}}
-{{- end -}}
-{{- if and (hasKey $keys "clientId") (eq $forms 0) -}}
-{{- $errors = append $errors "credentials: clientId needs clientSecret or privateKey beside it" -}}
-{{- end -}}
-{{- if and (hasKey $keys "privateKey") (ne $v.token.authMethod "private_key_jwt") -}}
-{{- $errors = append $errors "token.authMethod must be private_key_jwt when a privateKey is given" -}}
-{{- end -}}
-{{- if and (eq $v.token.authMethod "private_key_jwt") (not (hasKey $keys "privateKey")) -}}
-{{- $errors = append $errors "token.authMethod private_key_jwt needs credentials privateKey (and clientId)" -}}
+{{- $_ := set $budgets $key (dict "budget" $budget "path" $route.path) -}}
 {{- end -}}
 {{- end -}}
-{{- if and $c.keyId (not (hasKey $keys "privateKey")) -}}
-{{- $errors = append $errors "credentials.keyId is only used with a privateKey" -}}
+{{- if gt (len $route.volumeName) 63 -}}
+{{- $errors = append $errors (printf "%sname: the volume name %s is longer than 63 characters; shorten the route name or sidecar.name" $route.path $route.volumeName) -}}
 {{- end -}}
-{{- if gt (include "m2m-proxy.durationMs" $v.token.retry.min | float64) (include "m2m-proxy.durationMs" $v.token.retry.max | float64) -}}
-{{- $errors = append $errors "token.retry.min must not be greater than token.retry.max" -}}
+{{- end -}}
+{{- end -}}
+{{- range $route := $routes -}}
+{{- $errors = concat $errors (include "m2m-proxy.routeErrors" $route | fromJsonArray) -}}
 {{- end -}}
 {{- if and $v.upstream.ca.configMap $v.upstream.ca.secret -}}
 {{- $errors = append $errors "upstream.ca: use configMap or secret, not both" -}}
 {{- end -}}
-{{- $shared := $v.rateLimit.shared -}}
-{{- if $shared.enabled -}}
-{{- if not $shared.redis -}}
-{{- $errors = append $errors "rateLimit.shared.redis is required when rateLimit.shared.enabled (e.g. redis://redis:6379/0)" -}}
-{{- else if regexMatch `^rediss?://[^/@]*:[^/@]*@` $shared.redis -}}
-{{- $errors = append $errors "rateLimit.shared.redis must not contain a password; use rateLimit.shared.password.existingSecret" -}}
-{{- end -}}
-{{- end -}}
 {{- if and (has $v.admin.host (list "127.0.0.1" "localhost" "::1")) (or $v.probes.startup.enabled $v.probes.liveness.enabled $v.probes.readiness.enabled) -}}
 {{- $errors = append $errors (printf "admin.host %s is loopback: the kubelet's probes and Prometheus cannot reach it (use 0.0.0.0 or turn the probes off)" $v.admin.host) -}}
 {{- end -}}
-{{- if eq (int $v.listen.port) (int $v.admin.port) -}}
+{{- if and (not $v.routes) (eq (int $v.listen.port) (int $v.admin.port)) -}}
 {{- $errors = append $errors "listen.port and admin.port must differ" -}}
 {{- end -}}
 {{- if and (eq $v.sidecar.mode "native") (semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version) -}}
@@ -259,56 +424,109 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 {{- end -}}
 {{- end -}}
 
+{{/*
+A resolved route's upstream, token and rateLimit blocks as the proxy reads them, as JSON.
+.route: the route; .values: the chart's values (the CA and the Redis password are global).
+*/}}
+{{- define "m2m-proxy.routeBlocks" -}}
+{{- $v := .values -}}
+{{- $route := .route -}}
+{{- $files := include "m2m-proxy.credentialFiles" . | fromJson -}}
+{{- $upstream := dict "url" $route.upstream.url "timeout" $route.upstream.timeout -}}
+{{- if or $v.upstream.ca.configMap $v.upstream.ca.secret -}}
+{{- $_ := set $upstream "caFile" (printf "/etc/m2m-proxy-ca/%s" $v.upstream.ca.key) -}}
+{{- end -}}
+{{- $credentials := dict -}}
+{{- range $part, $key := $route.keys -}}
+{{- $_ := set $credentials (printf "%sFile" $part) (printf "%s/%s" (trimSuffix "/" $route.mountPath) (index $files $part)) -}}
+{{- end -}}
+{{- with $route.credentials.keyId -}}{{- $_ := set $credentials "keyId" . -}}{{- end -}}
+{{- $t := $route.token -}}
+{{- $token := dict "url" $t.url "authMethod" $t.authMethod "credentials" $credentials "timeout" $t.timeout "refreshAt" $t.refreshAt "minRemaining" $t.minRemaining "retry" (dict "min" $t.retry.min "max" $t.retry.max) -}}
+{{- range $k := list "scope" "audience" "resource" -}}
+{{- with index $t $k -}}{{- $_ := set $token $k . -}}{{- end -}}
+{{- end -}}
+{{- with $t.params -}}{{- $_ := set $token "params" . -}}{{- end -}}
+{{- $r := $route.rateLimit -}}
+{{- $rateLimit := dict "perSecond" $r.perSecond "burst" $r.burst "window" (dict "max" $r.window.max "length" $r.window.length) "queue" (dict "max" $r.queue.max "timeout" $r.queue.timeout) -}}
+{{- if $r.shared.enabled -}}
+{{- $shared := dict "redis" $r.shared.redis "key" (include "m2m-proxy.sharedKeyOf" $route) "fallback" $r.shared.fallback -}}
+{{- if $v.rateLimit.shared.password.existingSecret -}}
+{{- $_ := set $shared "passwordFile" (printf "%s/password" (trimSuffix "/" $v.rateLimit.shared.password.mountPath)) -}}
+{{- end -}}
+{{- $_ := set $rateLimit "shared" $shared -}}
+{{- end -}}
+{{- toJson (dict "upstream" $upstream "token" $token "rateLimit" $rateLimit) -}}
+{{- end -}}
+
 {{/* ============================== the proxy's configuration ============================== */}}
 
 {{/* m2m-proxy.yaml (docs/configuration.md), in its key order. */}}
 {{- define "m2m-proxy.configYaml" -}}
 {{- $v := .Values -}}
-{{- $files := include "m2m-proxy.credentialFiles" . | fromJson -}}
-{{- $keys := include "m2m-proxy.credentialKeys" . | fromJson -}}
-{{- $upstream := dict "url" $v.upstream.url "timeout" $v.upstream.timeout -}}
-{{- if or $v.upstream.ca.configMap $v.upstream.ca.secret -}}
-{{- $_ := set $upstream "caFile" (printf "/etc/m2m-proxy-ca/%s" $v.upstream.ca.key) -}}
-{{- end -}}
-{{- $credentials := dict -}}
-{{- range $part, $key := $keys -}}
-{{- $_ := set $credentials (printf "%sFile" $part) (printf "%s/%s" (trimSuffix "/" $v.credentials.mountPath) (index $files $part)) -}}
-{{- end -}}
-{{- with $v.credentials.keyId -}}{{- $_ := set $credentials "keyId" . -}}{{- end -}}
-{{- $token := dict "url" $v.token.url "authMethod" $v.token.authMethod "credentials" $credentials "timeout" $v.token.timeout "refreshAt" $v.token.refreshAt "minRemaining" $v.token.minRemaining "retry" (dict "min" $v.token.retry.min "max" $v.token.retry.max) -}}
-{{- range $k := list "scope" "audience" "resource" -}}
-{{- with index $v.token $k -}}{{- $_ := set $token $k . -}}{{- end -}}
-{{- end -}}
-{{- with $v.token.params -}}{{- $_ := set $token "params" . -}}{{- end -}}
-{{- $r := $v.rateLimit -}}
-{{- $rateLimit := dict "perSecond" $r.perSecond "burst" $r.burst "window" (dict "max" $r.window.max "length" $r.window.length) "queue" (dict "max" $r.queue.max "timeout" $r.queue.timeout) -}}
-{{- if $r.shared.enabled -}}
-{{- $shared := dict "redis" $r.shared.redis "key" (include "m2m-proxy.sharedKey" .) "fallback" $r.shared.fallback -}}
-{{- if $r.shared.password.existingSecret -}}
-{{- $_ := set $shared "passwordFile" (printf "%s/password" (trimSuffix "/" $r.shared.password.mountPath)) -}}
-{{- end -}}
-{{- $_ := set $rateLimit "shared" $shared -}}
+{{- /* With routes, one entry per route replaces the top-level upstream, token and rateLimit. */ -}}
+{{- $routes := (include "m2m-proxy.resolvedRoutes" . | fromJson).routes -}}
+{{- $blocks := dict -}}
+{{- if not $v.routes -}}
+{{- $blocks = include "m2m-proxy.routeBlocks" (dict "route" (first $routes) "values" $v) | fromJson -}}
 {{- end -}}
 # Rendered by the m2m-proxy Helm chart from its values; see docs/configuration.md in the m2m-proxy repository.
 listen:
+{{- if $v.routes }}
+  host: {{ $v.listen.host }}
+{{- else }}
   {{- toYaml (dict "host" $v.listen.host "port" $v.listen.port) | nindent 2 }}
+{{- end }}
 admin:
   {{- toYaml (dict "host" $v.admin.host "port" $v.admin.port) | nindent 2 }}
+{{- if $v.routes }}
+routes:
+{{- range $route := $routes }}
+{{- $blocks := include "m2m-proxy.routeBlocks" (dict "route" $route "values" $v) | fromJson }}
+  - name: {{ $route.name }}
+    listen:
+      {{- with $route.host }}
+      host: {{ . }}
+      {{- end }}
+      port: {{ int $route.port }}
+    upstream:
+      {{- toYaml $blocks.upstream | nindent 6 }}
+    token:
+      {{- toYaml $blocks.token | nindent 6 }}
+    rateLimit:
+      {{- toYaml $blocks.rateLimit | nindent 6 }}
+{{- end }}
+{{- else }}
 upstream:
-  {{- toYaml $upstream | nindent 2 }}
+  {{- toYaml $blocks.upstream | nindent 2 }}
 token:
-  {{- toYaml $token | nindent 2 }}
+  {{- toYaml $blocks.token | nindent 2 }}
 rateLimit:
-  {{- toYaml $rateLimit | nindent 2 }}
+  {{- toYaml $blocks.rateLimit | nindent 2 }}
+{{- end }}
 log:
   level: {{ $v.log.level }}
 shutdown:
   timeout: {{ $v.shutdown.timeout }}
 {{- end -}}
 
+{{/* A resolved route's rateLimit.shared.key, defaulting to m2m-proxy:<its upstream host>. */}}
+{{- define "m2m-proxy.sharedKeyOf" -}}
+{{- .rateLimit.shared.key | default (printf "m2m-proxy:%s" (urlParse .upstream.url).host) -}}
+{{- end -}}
+
+{{/* "true" when a route uses the shared budget and the Redis password comes from a Secret. */}}
+{{- define "m2m-proxy.mountsRedisPassword" -}}
+{{- if .Values.rateLimit.shared.password.existingSecret -}}
+{{- range $route := (include "m2m-proxy.resolvedRoutes" . | fromJson).routes -}}
+{{- if $route.rateLimit.shared.enabled }}true{{ break }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* rateLimit.shared.key, defaulting to m2m-proxy:<upstream host>. */}}
 {{- define "m2m-proxy.sharedKey" -}}
-{{- .Values.rateLimit.shared.key | default (printf "m2m-proxy:%s" (urlParse .Values.upstream.url).host) -}}
+{{- include "m2m-proxy.sharedKeyOf" .Values -}}
 {{- end -}}
 
 {{/* ============================== the sidecar ============================== */}}
@@ -326,6 +544,7 @@ failureThreshold: {{ int $p.failureThreshold }}
 {{- define "m2m-proxy.impl.container" -}}
 {{- include "m2m-proxy.validate" . -}}
 {{- $v := .Values -}}
+{{- $routes := (include "m2m-proxy.resolvedRoutes" . | fromJson).routes -}}
 - name: {{ $v.sidecar.name }}
   image: {{ include "m2m-proxy.image" . | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
@@ -342,6 +561,19 @@ failureThreshold: {{ int $p.failureThreshold }}
     - name: m2m-metrics
       containerPort: {{ int $v.admin.port }}
       protocol: TCP
+    {{- if $v.routes }}
+    {{- /* One port per route (loopback by default: declared so that it is visible and documented). */}}
+    {{- range $route := $routes }}
+    {{- $name := include "m2m-proxy.routePortName" $route.name }}
+    {{- if $name }}
+    - name: {{ $name }}
+      containerPort: {{ int $route.port }}
+    {{- else }}
+    - containerPort: {{ int $route.port }}
+    {{- end }}
+      protocol: TCP
+    {{- end }}
+    {{- end }}
   {{- if $v.probes.startup.enabled }}
   startupProbe:
     {{- include "m2m-proxy.probe" (dict "probe" $v.probes.startup) | nindent 4 }}
@@ -370,10 +602,12 @@ failureThreshold: {{ int $p.failureThreshold }}
     - name: {{ $v.sidecar.name }}-config
       mountPath: /etc/m2m-proxy
       readOnly: true
-    - name: {{ $v.sidecar.name }}-credentials
-      mountPath: {{ $v.credentials.mountPath }}
+    {{- range $route := $routes }}
+    - name: {{ $route.volumeName }}
+      mountPath: {{ $route.mountPath }}
       readOnly: true
-    {{- if and $v.rateLimit.shared.enabled $v.rateLimit.shared.password.existingSecret }}
+    {{- end }}
+    {{- if include "m2m-proxy.mountsRedisPassword" . }}
     - name: {{ $v.sidecar.name }}-redis
       mountPath: {{ $v.rateLimit.shared.password.mountPath }}
       readOnly: true
@@ -404,16 +638,18 @@ readable by the proxy's non-root user whatever the pod's fsGroup.
 - name: {{ $v.sidecar.name }}-config
   configMap:
     name: {{ include "m2m-proxy.fullname" . }}
-- name: {{ $v.sidecar.name }}-credentials
+{{- range $route := (include "m2m-proxy.resolvedRoutes" . | fromJson).routes }}
+- name: {{ $route.volumeName }}
   secret:
-    secretName: {{ include "m2m-proxy.credentialsSecretName" . }}
+    secretName: {{ $route.secretName }}
     defaultMode: 292
     items:
-      {{- range $part, $key := include "m2m-proxy.credentialKeys" . | fromJson }}
+      {{- range $part, $key := $route.keys }}
       - key: {{ $key }}
         path: {{ index $files $part }}
       {{- end }}
-{{- if and $v.rateLimit.shared.enabled $v.rateLimit.shared.password.existingSecret }}
+{{- end }}
+{{- if include "m2m-proxy.mountsRedisPassword" . }}
 - name: {{ $v.sidecar.name }}-redis
   secret:
     secretName: {{ $v.rateLimit.shared.password.existingSecret }}
