@@ -4,14 +4,17 @@ import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
 import { createAdminServer } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
-import type { Config } from './config/config.js';
+import { type Config, DEFAULT_ROUTE } from './config/config.js';
+import type { TracingSettings } from './config/tracing.js';
 import {
   type ClientCredentials,
   credentialFiles,
   readCredentials,
 } from './credentials/credentials.js';
-import { CredentialWatcher } from './credentials/watcher.js';
+import { CredentialWatcher, POLL_MS } from './credentials/watcher.js';
 import { ERROR_HEADER, ProxyError } from './errors.js';
+import { AccessLog } from './log/access.js';
+import { Audit } from './log/audit.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
@@ -37,6 +40,8 @@ export interface AppDeps {
   /** Contents of `rateLimit.shared.passwordFile`, read at start-up with the credentials. */
   redisPassword?: string | undefined;
   env: Readonly<Record<string, string | undefined>>;
+  /** Resolved by `resolveTracing`; absent: tracing off, and OpenTelemetry is never loaded. */
+  tracing?: TracingSettings | undefined;
   logger: Logger;
   clock?: Clock;
   registry?: Registry;
@@ -48,6 +53,18 @@ export async function startApp(deps: AppDeps): Promise<App> {
   const clock = deps.clock ?? systemClock;
   const metrics = new Metrics(deps.registry ?? new Registry());
   let credentials = deps.credentials;
+  // One place names the route for the audit trail, the access log and the spans.
+  const route = DEFAULT_ROUTE;
+  const audit = new Audit(logger, route);
+  // Loaded only when an OTLP endpoint is configured: tracing off costs no memory and no CPU.
+  const tracing = deps.tracing
+    ? (await import('./tracing/otel.js')).startTracing(deps.tracing, {
+        logger,
+        route,
+        upstreamUrl: config.upstream.url,
+        tokenUrl: config.token.url,
+      })
+    : undefined;
 
   const tokens = new TokenManager({
     config: config.token,
@@ -56,6 +73,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
     clock,
     logger,
     metrics,
+    audit,
+    renewals: tracing?.renewals,
   });
   const watcher = new CredentialWatcher(
     credentialFiles(config.token.credentials),
@@ -66,6 +85,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
       tokens.credentialsChanged();
     },
     logger,
+    POLL_MS,
+    audit,
   );
   const shared = config.rateLimit.shared;
   // Loaded only for a fleet: the Redis client alone adds ~23 MB to the sidecar's resident memory.
@@ -76,6 +97,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
         registry: metrics.registry,
         password: deps.redisPassword,
         localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
+        audit,
       })
     : undefined;
   const pacer: Pacer = createPacer(config.rateLimit, {
@@ -84,7 +106,19 @@ export async function startApp(deps: AppDeps): Promise<App> {
     ...(store ? { store } : {}),
   });
   const forwarder = new Forwarder(config.upstream);
-  const handler = new ProxyHandler({ config, tokens, pacer, forwarder, metrics, logger, clock });
+  const observer = config.log.access
+    ? new AccessLog(logger, route, tracing?.requests)
+    : tracing?.requests;
+  const handler = new ProxyHandler({
+    config,
+    tokens,
+    pacer,
+    forwarder,
+    metrics,
+    logger,
+    clock,
+    observer,
+  });
 
   const proxy = createServer(handler.handle);
   // Node's defaults (5 s keep-alive) would drop idle client connections sooner than clients expect.
@@ -123,6 +157,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
     proxy: `${proxyAddress.address}:${proxyAddress.port}`,
     admin: `${adminAddress.address}:${adminAddress.port}`,
     upstream: config.upstream.url,
+    accessLog: config.log.access,
+    tracing: deps.tracing ? deps.tracing.url : 'off',
   });
 
   let shutdown: Promise<void> | undefined;
@@ -132,6 +168,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     metrics,
     shutdown() {
       shutdown ??= (async () => {
+        const deadline = clock.now() + config.shutdown.timeout;
         logger.info({ event: 'shutting_down', inFlight: handler.inFlight });
         const left = await handler.drain(config.shutdown.timeout);
         if (left > 0) logger.warn({ event: 'shutdown_timeout', abandoned: left });
@@ -139,6 +176,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
         tokens.stop();
         proxy.closeAllConnections();
         await Promise.all([close(proxy), close(admin), pacer.close(), forwarder.close()]);
+        // The last spans (those of the drained requests) go out within what is left of the budget.
+        await tracing?.shutdown(Math.max(0, deadline - clock.now()));
         logger.info({ event: 'stopped' });
       })();
       return shutdown;

@@ -5,6 +5,7 @@ import { startApp } from './app.js';
 import type { Config } from './config/config.js';
 import { formatDuration } from './config/duration.js';
 import { ConfigError, loadConfig } from './config/load.js';
+import { describeTracing, resolveTracing, type TracingSettings } from './config/tracing.js';
 import {
   type ClientCredentials,
   CredentialError,
@@ -52,8 +53,10 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   let config: Config;
   let credentials: ClientCredentials;
   let redisPassword: string | undefined;
+  let tracing: TracingSettings | undefined;
   try {
     config = await loadConfig(file, env);
+    tracing = resolveTracing(config.tracing, env);
     credentials = await readCredentials(config.token, env);
     const passwordFile = config.rateLimit.shared?.passwordFile;
     if (passwordFile) redisPassword = readRedisPassword(passwordFile);
@@ -68,12 +71,12 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   }
 
   if (args.check) {
-    process.stdout.write(summary(file, config, credentials));
+    process.stdout.write(summary(file, config, credentials, tracing));
     return EXIT.ok;
   }
 
   const logger = createLogger(config.log.level);
-  const app = await startApp({ config, credentials, redisPassword, env, logger });
+  const app = await startApp({ config, credentials, redisPassword, env, logger, tracing });
   await new Promise<void>((done) => {
     const stop = (signal: NodeJS.Signals) => {
       logger.info({ event: 'signal', signal });
@@ -86,7 +89,12 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
 }
 
 /** The `--check` report: what will be used, never a secret (credentials show only their form). */
-function summary(file: string, c: Config, credentials: ClientCredentials): string {
+function summary(
+  file: string,
+  c: Config,
+  credentials: ClientCredentials,
+  tracing: TracingSettings | undefined,
+): string {
   const rl = c.rateLimit;
   const creds = Object.entries(describeCredentials(credentials))
     .map(([k, v]) => `${k}=${v}`)
@@ -98,6 +106,8 @@ function summary(file: string, c: Config, credentials: ClientCredentials): strin
     `  token:       ${c.token.url} (${c.token.authMethod}; renew at ${c.token.refreshAt} of the lifetime, ≥ ${formatDuration(c.token.minRemaining)} before expiry)`,
     `  credentials: ${creds}`,
     `  pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
+    `  logs:        level ${c.log.level}; access log ${c.log.access ? 'on' : 'off'}; audit events on`,
+    `  tracing:     ${describeTracing(tracing)}`,
     `  shared:      ${rl.shared ? `${rl.shared.redis} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
   ];
   return `${lines.join('\n')}\n`;

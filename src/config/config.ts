@@ -1,4 +1,5 @@
 import {
+  boolean,
   duration,
   type Infer,
   type Issue,
@@ -69,9 +70,22 @@ export const configSchema = object({
     level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const).default(
       'info',
     ),
+    /** One JSON line per request (`src/log/access.ts`). */
+    access: boolean().default(false),
+  }),
+  /** OpenTelemetry; resolved together with the `OTEL_*` variables by `resolveTracing`. */
+  tracing: object({
+    endpoint: url(['http:', 'https:']).optionalKey(),
+    sampleRatio: number({ min: 0, max: 1 }).optionalKey(),
   }),
   shutdown: object({ timeout: duration().default(25_000) }),
 });
+
+/**
+ * The route name of a file without `routes`: the `route` field of audit and access log lines.
+ * One constant so that per-route wiring passes each route's own name instead.
+ */
+export const DEFAULT_ROUTE = 'default';
 
 /** The validated, frozen configuration. Durations are in milliseconds. */
 export type Config = NonNullable<Infer<typeof configSchema>>;
@@ -137,6 +151,16 @@ export function crossCheck(config: Config): Issue[] {
   }
   if (upstream.username || upstream.password) {
     issues.push({ path: ['upstream', 'url'], message: 'must not contain credentials' });
+  }
+  const endpoint = config.tracing.endpoint;
+  if (endpoint) {
+    const u = new URL(endpoint);
+    if (u.username || u.password || u.search || u.hash) {
+      issues.push({
+        path: ['tracing', 'endpoint'],
+        message: 'must not contain credentials, a query or a fragment',
+      });
+    }
   }
   const shared = config.rateLimit.shared;
   if (shared && new URL(shared.redis).password) {

@@ -114,6 +114,14 @@ export const number = (
     return n;
   });
 
+/** `true` or `false` (environment values arrive as the strings `true` and `false`). */
+export const boolean = () =>
+  scalar<boolean>((raw) => {
+    if (raw === true || raw === 'true') return true;
+    if (raw === false || raw === 'false') return false;
+    return fail('must be true or false');
+  });
+
 /** One of a fixed set of strings. */
 export const oneOf = <const V extends readonly string[]>(values: V) =>
   scalar<V[number]>((raw) =>

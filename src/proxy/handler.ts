@@ -7,8 +7,9 @@ import type { Logger } from '../log/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
+import type { RequestObservation, RequestObserver } from '../tracing/types.js';
 import { Cancellation } from './cancellation.js';
-import type { Forwarder, Outgoing } from './forward.js';
+import type { Attempt, Forwarder, Outgoing } from './forward.js';
 import { type RequestHead, rawHeader, requestHead, withBearer } from './headers.js';
 import { pathPrefix, upstreamPath } from './target.js';
 
@@ -35,6 +36,8 @@ export interface HandlerDeps {
   metrics: Metrics;
   logger: Logger;
   clock: Clock;
+  /** The access log and/or tracing; absent when both are off (then nothing is observed). */
+  observer?: RequestObserver | undefined;
 }
 
 /**
@@ -68,6 +71,7 @@ export class ProxyHandler {
 
   /** Node's `request` listener. */
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const observed = this.deps.observer?.begin(req, res);
     if (this.#shuttingDown) {
       res.shouldKeepAlive = false;
       this.#reject(res, new ProxyError('shutting_down'));
@@ -83,7 +87,7 @@ export class ProxyHandler {
       return;
     }
     this.#inFlight += 1;
-    void this.#forward(req, res, path);
+    void this.#forward(req, res, path, observed);
   };
 
   /**
@@ -103,7 +107,12 @@ export class ProxyHandler {
     return this.#inFlight;
   }
 
-  async #forward(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  async #forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    observed: RequestObservation | undefined,
+  ): Promise<void> {
     const { config, clock, tokens } = this.deps;
     const cancel = new Cancellation();
     const onClose = () => {
@@ -115,11 +124,14 @@ export class ProxyHandler {
     const receivedAt = clock.now();
     try {
       const head = requestHead(req.rawHeaders);
+      observed?.headers(head.headers);
       const pending = this.#body(req, head);
       const body = pending instanceof Promise ? await pending : pending;
+      if (observed && Buffer.isBuffer(body)) observed.stats.bytesIn = body.length;
       // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
       let token =
-        this.#startNow() ?? (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel));
+        this.#startNow() ??
+        (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel, observed));
       const replayable = body === null || Buffer.isBuffer(body);
       const outgoing: Outgoing = {
         method: req.method ?? 'GET',
@@ -128,17 +140,20 @@ export class ProxyHandler {
         body,
         replayOn401: replayable ? () => tokens.shouldRenewAfterRejection(token) : undefined,
         onWire: this.#onWire,
+        stats: observed?.stats,
       };
-      let attempt = await this.#attempt(res, outgoing, token, cancel);
+      let attempt = await this.#attempt(res, outgoing, token, cancel, observed);
       if (!attempt.delivered) {
         // 401 on a replayable request: renew once (shared by every request that saw it), then
         // replay once through the pacer: retries count against the budget too.
-        await tokens.renewAfterRejection(token);
+        observed?.tokenWaitStarted();
+        await tokens.renewAfterRejection(token); // never rejects
+        observed?.tokenWaitEnded();
         token =
           this.#startNow() ??
-          (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel));
+          (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel, observed));
         outgoing.replayOn401 = undefined;
-        attempt = await this.#attempt(res, outgoing, token, cancel);
+        attempt = await this.#attempt(res, outgoing, token, cancel, observed);
       }
     } catch (err) {
       this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
@@ -155,13 +170,29 @@ export class ProxyHandler {
   }
 
   /** Waits for a valid token and a pacing slot within one deadline; returns the token to use. */
-  async #slot(deadline: number, cancel: Cancellation): Promise<Secret> {
+  async #slot(
+    deadline: number,
+    cancel: Cancellation,
+    observed: RequestObservation | undefined,
+  ): Promise<Secret> {
     const { pacer, tokens } = this.deps;
-    await pacer.acquire({
+    const acquired = pacer.acquire({
       deadline,
       signal: cancel.signal,
-      ready: (d, s) => tokens.waitForToken(d, s),
+      ready: observed
+        ? (d, s) => observedTokenWait(tokens, observed, d, s)
+        : (d, s) => tokens.waitForToken(d, s),
     });
+    if (observed) {
+      observed.queueStarted();
+      await acquired.then(
+        () => observed.queueEnded(),
+        (err: unknown) => {
+          observed.queueEnded(err);
+          throw err;
+        },
+      );
+    } else await acquired;
     const token = tokens.current();
     if (!token) {
       pacer.sent(); // the granted start is given up before it reached the wire
@@ -175,10 +206,24 @@ export class ProxyHandler {
     outgoing: Outgoing,
     token: Secret,
     cancel: Cancellation,
+    observed: RequestObservation | undefined,
   ): Promise<{ delivered: boolean }> {
     const { metrics, clock, pacer } = this.deps;
     withBearer(outgoing.headers, token.reveal());
-    const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+    let attempt: Attempt;
+    if (observed) {
+      observed.attemptStarted(outgoing.headers);
+      attempt = await this.deps.forwarder.send(outgoing, res, cancel).then(
+        (a) => {
+          observed.attemptEnded(a.status);
+          return a;
+        },
+        (err: unknown) => {
+          observed.attemptEnded(undefined, err);
+          throw err;
+        },
+      );
+    } else attempt = await this.deps.forwarder.send(outgoing, res, cancel);
     metrics.upstreamResponse(attempt.status);
     metrics.upstreamDuration.observe(attempt.headersAfter);
     if (attempt.status === 429 || attempt.status === 503) {
@@ -251,6 +296,24 @@ export class ProxyHandler {
     this.deps.metrics.requestsRejected.inc({ reason: error.code });
     sendError(res, error);
   }
+}
+
+/** `waitForToken`, with the wait reported to the observer when the request really waits. */
+function observedTokenWait(
+  tokens: TokenManager,
+  observed: RequestObservation,
+  deadline: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  if (tokens.current()) return Promise.resolve();
+  observed.tokenWaitStarted();
+  return tokens.waitForToken(deadline, signal).then(
+    () => observed.tokenWaitEnded(),
+    (err: unknown) => {
+      observed.tokenWaitEnded(err);
+      throw err;
+    },
+  );
 }
 
 /** Writes one of the catalogue's responses. */
