@@ -9,6 +9,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   type Context,
+  type HrTime,
   type Link,
   ROOT_CONTEXT,
   type Span,
@@ -182,6 +183,7 @@ class RenewalTracer implements RenewalObserver {
       'token renewal',
       {
         kind: SpanKind.CLIENT,
+        startTime: now(),
         attributes: {
           [ATTR_HTTP_REQUEST_METHOD]: 'POST',
           [ATTR_SERVER_ADDRESS]: url.hostname,
@@ -199,7 +201,7 @@ class RenewalTracer implements RenewalObserver {
     return {
       succeeded: () => {
         span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, 200);
-        span.end();
+        span.end(now());
         if (this.inFlight === context) this.inFlight = undefined;
         this.lastIssued = context;
       },
@@ -207,7 +209,7 @@ class RenewalTracer implements RenewalObserver {
         if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
         span.setAttribute(ATTR_ERROR_TYPE, reason);
         span.setStatus({ code: SpanStatusCode.ERROR, message: reason });
-        span.end();
+        span.end(now());
         if (this.inFlight === context) this.inFlight = undefined;
       },
     };
@@ -261,6 +263,7 @@ class RequestTrace implements RequestObservation {
       method,
       {
         kind: SpanKind.SERVER,
+        startTime: now(),
         attributes: {
           [ATTR_HTTP_REQUEST_METHOD]: method,
           [ATTR_URL_PATH]: withoutQuery(req.url ?? ''),
@@ -297,14 +300,18 @@ class RequestTrace implements RequestObservation {
   }
 
   queueStarted(): void {
-    this.#queue = this.tracer.startSpan('queue wait', { kind: SpanKind.INTERNAL }, this.#context);
+    this.#queue = this.tracer.startSpan(
+      'queue wait',
+      { kind: SpanKind.INTERNAL, startTime: now() },
+      this.#context,
+    );
     this.#queueContext = trace.setSpan(ROOT_CONTEXT, this.#queue);
   }
 
   queueEnded(error?: unknown): void {
     if (!this.#queue) return;
     failSpan(this.#queue, error);
-    this.#queue.end();
+    this.#queue.end(now());
     this.#queue = undefined;
     this.#queueContext = undefined;
   }
@@ -313,7 +320,11 @@ class RequestTrace implements RequestObservation {
     const inFlight = this.renewals.inFlight;
     this.#tokenWait = this.tracer.startSpan(
       'token wait',
-      { kind: SpanKind.INTERNAL, ...(inFlight ? { links: [{ context: inFlight }] } : {}) },
+      {
+        kind: SpanKind.INTERNAL,
+        startTime: now(),
+        ...(inFlight ? { links: [{ context: inFlight }] } : {}),
+      },
       this.#queueContext ?? this.#context,
     );
     this.#waitingFor = inFlight;
@@ -329,7 +340,7 @@ class RequestTrace implements RequestObservation {
     if (!error && issued && issued.spanId !== this.#waitingFor?.spanId)
       span.addLink({ context: issued } satisfies Link);
     failSpan(span, error);
-    span.end();
+    span.end(now());
     this.#tokenWait = undefined;
   }
 
@@ -339,6 +350,7 @@ class RequestTrace implements RequestObservation {
       method,
       {
         kind: SpanKind.CLIENT,
+        startTime: now(),
         attributes: {
           [ATTR_HTTP_REQUEST_METHOD]: method,
           [ATTR_SERVER_ADDRESS]: this.peer.address,
@@ -366,7 +378,7 @@ class RequestTrace implements RequestObservation {
         span.setStatus({ code: SpanStatusCode.ERROR });
       }
     } else failSpan(span, error);
-    span.end();
+    span.end(now());
     this.#attempt = undefined;
   }
 
@@ -376,7 +388,8 @@ class RequestTrace implements RequestObservation {
     const ended = new Error('request ended');
     this.queueEnded(ended);
     this.tokenWaitEnded(ended);
-    this.attemptEnded(undefined, ended);
+    // A delivered attempt ends with its response, which may close before the handler hears of it.
+    this.attemptEnded(res.headersSent ? res.statusCode : undefined, ended);
     span.setAttribute(ATTR_REQUEST_BODY_SIZE, this.stats.bytesIn);
     span.setAttribute(ATTR_RESPONSE_BODY_SIZE, this.stats.bytesOut);
     const code = res.getHeader(ERROR_HEADER);
@@ -389,8 +402,22 @@ class RequestTrace implements RequestObservation {
       // Server spans: only 5xx are errors; a 4xx is the client's.
       if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
     }
-    span.end();
+    span.end(now());
   }
+}
+
+/** The epoch time (ms) of `performance.now()`'s zero, read once. */
+const anchor = Date.now() - performance.now();
+
+/**
+ * Every start and end from one monotonic clock with one anchor, as `[seconds, nanoseconds]`.
+ * Left to itself the SDK anchors each span on its own `Date.now()`, whose millisecond steps can
+ * put a child's end after its parent's.
+ */
+function now(): HrTime {
+  const ms = anchor + performance.now();
+  const seconds = Math.floor(ms / 1000);
+  return [seconds, Math.min(999_999_999, Math.round((ms - seconds * 1000) * 1e6))];
 }
 
 /** Marks a span failed with the error's class, never its message (it could quote a header). */
