@@ -319,11 +319,10 @@ function observedTokenWait(
 /** Writes one of the catalogue's responses. */
 export function sendError(res: ServerResponse, error: ProxyError): void {
   const body = error.body();
-  const headers: Record<string, string | number> = {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(body),
-    [ERROR_HEADER]: error.code,
-  };
+  // Set apart so that `getHeader` sees them (the access log and the span read the code and size).
+  res.setHeader(ERROR_HEADER, error.code);
+  res.setHeader('content-length', Buffer.byteLength(body));
+  const headers: Record<string, string | number> = { 'content-type': 'application/json' };
   if (error.retryAfterSeconds !== undefined)
     headers['retry-after'] = Math.max(1, Math.ceil(error.retryAfterSeconds));
   res.writeHead(error.status, headers).end(body);

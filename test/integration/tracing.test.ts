@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from '../support/otlp.js';
 import { scanForSecrets } from '../support/process.js';
@@ -273,6 +274,78 @@ describe('without tracing', () => {
         tracing: 'off',
         accessLog: false,
       });
+    } finally {
+      await world.close();
+    }
+  });
+});
+
+describe('access log without tracing', () => {
+  it('counts body bytes in and out, streamed or kept, and names the proxy error code', async () => {
+    const world = await startWorld({ proxy: { log: { level: 'warn', access: true } } });
+    try {
+      await ready(world);
+      // 200 KB: above the replay limit, so streamed (chunked) to the upstream.
+      const big = Buffer.alloc(200 * 1024, 'b');
+      const chunked = new ReadableStream<Uint8Array>({
+        start(c) {
+          c.enqueue(big.subarray(0, 100 * 1024));
+          c.enqueue(big.subarray(100 * 1024));
+          c.close();
+        },
+      });
+      const up = await fetch(`${world.proxy.url}/upload`, {
+        method: 'POST',
+        body: chunked,
+        duplex: 'half',
+      } as RequestInit);
+      const upText = await up.text();
+      const small = await fetch(`${world.proxy.url}/upload`, {
+        method: 'POST',
+        body: 'x'.repeat(1000),
+      });
+      const smallText = await small.text();
+      const down = await fetch(`${world.proxy.url}/download?bytes=300000`);
+      expect((await down.arrayBuffer()).byteLength).toBe(300_000);
+      // node:http sends the path as written (fetch would normalise the dot segment away).
+      const bad = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const u = new URL(world.proxy.url);
+        request({ host: u.hostname, port: u.port, path: '/%2e%2e/escape?secret=no' }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString() }),
+          );
+        })
+          .on('error', reject)
+          .end();
+      });
+      const badText = bad.text;
+      expect([up.status, small.status, down.status, bad.status]).toEqual([200, 200, 200, 400]);
+      await expect.poll(() => world.proxy.logs.filter((l) => l.event === 'access').length).toBe(4);
+      const lines = world.proxy.logs.filter((l) => l.event === 'access');
+      expect(lines[0]).toMatchObject({
+        method: 'POST',
+        path: '/upload',
+        status: 200,
+        bytesIn: big.length,
+        bytesOut: Buffer.byteLength(upText),
+        attempts: 1,
+        traceId: null,
+      });
+      expect(lines[1]).toMatchObject({
+        bytesIn: 1000,
+        bytesOut: Buffer.byteLength(smallText),
+      });
+      expect(lines[2]).toMatchObject({ path: '/download', bytesIn: 0, bytesOut: 300_000 });
+      expect(lines[3]).toMatchObject({
+        path: '/%2e%2e/escape',
+        status: 400,
+        error: 'bad_request',
+        attempts: 0,
+        bytesOut: Buffer.byteLength(badText),
+      });
+      expect(world.proxy.stdout.join('\n')).not.toContain('secret=no');
     } finally {
       await world.close();
     }
