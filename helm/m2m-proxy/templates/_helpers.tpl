@@ -302,6 +302,17 @@ rateLimit:
   {{- toYaml $rateLimit | nindent 2 }}
 log:
   level: {{ $v.log.level }}
+  access: {{ $v.log.access | default false }}
+{{- $ratioSet := not (kindIs "invalid" $v.tracing.sampleRatio) }}
+{{- if or $v.tracing.endpoint $ratioSet }}
+tracing:
+  {{- with $v.tracing.endpoint }}
+  endpoint: {{ . | quote }}
+  {{- end }}
+  {{- if $ratioSet }}
+  sampleRatio: {{ $v.tracing.sampleRatio }}
+  {{- end }}
+{{- end }}
 shutdown:
   timeout: {{ $v.shutdown.timeout }}
 {{- end -}}
