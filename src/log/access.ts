@@ -36,7 +36,8 @@ class AccessRecord implements RequestObservation {
   readonly #started = performance.now();
   #queueStartedAt = 0;
   #queueMs = 0;
-  #attemptStartedAt = 0;
+  /** When the attempt still open started; `undefined` between attempts. */
+  #attemptStartedAt: number | undefined;
   #upstreamMs = 0;
   #attempts = 0;
 
@@ -83,14 +84,21 @@ class AccessRecord implements RequestObservation {
   }
 
   attemptEnded(status: number | undefined, error?: unknown): void {
-    // Until the response headers (or the failure): the upstream's own time, as in
-    // m2m_proxy_upstream_request_duration_seconds; the body's streaming is the client's pace too.
-    this.#upstreamMs += performance.now() - this.#attemptStartedAt;
+    this.#closeAttempt();
     this.inner?.attemptEnded(status, error);
+  }
+
+  /** From sending to the end of the response (or the failure), summed over the attempts. */
+  #closeAttempt(): void {
+    if (this.#attemptStartedAt === undefined) return;
+    this.#upstreamMs += performance.now() - this.#attemptStartedAt;
+    this.#attemptStartedAt = undefined;
   }
 
   #write(): void {
     const { req, res } = this;
+    // The response can close before the handler hears that its attempt ended.
+    this.#closeAttempt();
     const url = req.url ?? '';
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);

@@ -213,6 +213,8 @@ describe('tracing, access log and audit trail (real OTLP receiver, real IdP and 
       expect(l.traceId).toMatch(/^[0-9a-f]{32}$/);
       expect(String(l.path)).toMatch(/^\/echo\/[a-d]$/);
       expect(l.bytesOut as number).toBeGreaterThan(0);
+      expect(l.upstreamMs as number).toBeGreaterThan(0);
+      expect(l.durationMs as number).toBeGreaterThanOrEqual(l.upstreamMs as number);
     }
     const d = lines.find((l) => l.path === '/echo/d');
     expect(d).toMatchObject({ attempts: 2, traceId: TRACE_B });
