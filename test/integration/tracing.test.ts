@@ -2,9 +2,15 @@ import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from '../support/otlp.js';
-import { scanForSecrets } from '../support/process.js';
+import { repoRoot, scanForSecrets } from '../support/process.js';
 import type { UpstreamRequest } from '../support/upstream.js';
 import { CLIENT_ID, startWorld, type World } from './world.js';
+
+/** Makes the child report every @opentelemetry ES module it resolves, on stderr. */
+const REPORT_OTEL_LOADS = {
+  NODE_OPTIONS: `--import ${repoRoot}test/support/load-hooks/register.mjs`,
+};
+const otelLoads = (world: World) => world.proxy.stderr.filter((l) => l.startsWith('esm-loaded '));
 
 /** A value only ever sent in query strings: it must reach no span, no log line. */
 const QUERY_SECRET = 'qs-apikey-Hj7w2Lp9Xv4c';
@@ -46,6 +52,7 @@ describe('tracing, access log and audit trail (real OTLP receiver, real IdP and 
         log: { level: 'info', access: true },
         rateLimit: { perSecond: 2, burst: 1, window: { max: 0 } },
       },
+      env: REPORT_OTEL_LOADS,
     });
     await ready(world);
     const get = async (name: string, headers: Record<string, string> = {}) => {
@@ -95,6 +102,7 @@ describe('tracing, access log and audit trail (real OTLP receiver, real IdP and 
     expect(exitCode).toBe(0);
     expect(otlp.paths.every((p) => p === '/v1/traces')).toBe(true);
     expect(otlp.spans.every((s) => s.serviceName === 'm2m-proxy')).toBe(true);
+    expect(otelLoads(world).some((l) => l.includes('sdk-trace-base'))).toBe(true);
   });
 
   it("continues the client's trace: server span under its traceparent, upstream under the client span", () => {
@@ -259,8 +267,8 @@ describe('tracing, access log and audit trail (real OTLP receiver, real IdP and 
 });
 
 describe('without tracing', () => {
-  it('passes traceparent and tracestate through unchanged and logs no access line by default', async () => {
-    const world = await startWorld();
+  it('never loads OpenTelemetry, passes traceparent and tracestate through unchanged and logs no access line by default', async () => {
+    const world = await startWorld({ env: REPORT_OTEL_LOADS });
     try {
       await ready(world);
       const traceparent = `00-${TRACE_A}-${PARENT_A}-01`;
@@ -272,6 +280,7 @@ describe('without tracing', () => {
       expect(upstream?.headers.traceparent).toBe(traceparent);
       expect(upstream?.headers.tracestate).toBe('a=1,b=2');
       expect(world.proxy.logs.some((l) => l.event === 'access')).toBe(false);
+      expect(otelLoads(world)).toEqual([]);
       expect(world.proxy.logs.find((l) => l.event === 'listening')).toMatchObject({
         tracing: 'off',
         accessLog: false,
