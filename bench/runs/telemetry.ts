@@ -47,8 +47,18 @@ interface Variant {
   options: Partial<M2mOptions>;
 }
 
-/** Median RSS over a second of a proxy that served 20 requests and then sat idle for 3 s. */
-async function idleRss(opts: M2mOptions): Promise<number> {
+/**
+ * Idle RSS of a variant: the median over `runs` fresh processes (GC timing alone moves one
+ * process's figure by several MiB) of the median over a second of a proxy that served 20
+ * requests and then sat idle for 3 s.
+ */
+async function idleRss(opts: M2mOptions, runs: number): Promise<number> {
+  const figures: number[] = [];
+  for (let i = 0; i < runs; i++) figures.push(await idleRssOnce(opts));
+  return median(figures);
+}
+
+async function idleRssOnce(opts: M2mOptions): Promise<number> {
   const proxy = await M2mProxy.start(opts);
   try {
     for (let i = 0; i < 20; i++) await (await fetch(`${proxy.url}/bench`)).text();
@@ -97,7 +107,7 @@ export async function runTelemetry(
   try {
     const idle = new Map<string, number>();
     for (const v of variants) {
-      idle.set(v.name, await idleRss({ ...common, ...v.options }));
+      idle.set(v.name, await idleRss({ ...common, ...v.options }, pick(ctx, 3, 1)));
       ctx.log(`  idle RSS ${v.name}: ${idle.get(v.name)?.toFixed(1)} MiB`);
     }
     for (const v of variants)
@@ -110,7 +120,11 @@ export async function runTelemetry(
     const byTarget = new Map<string, LoadResult[]>(variants.map((v) => [v.name, []]));
     for (let r = 0; r < ctx.rounds; r++) {
       const line: string[] = [];
-      for (const [name, p] of proxies) {
+      // Every other round in reverse order: the load of the machine's neighbours drifts within a
+      // round, and a fixed order would hand the same share of that drift to the same target.
+      const order = [...proxies];
+      if (r % 2 === 1) order.reverse();
+      for (const [name, p] of order) {
         const res = await run(p, seconds);
         byTarget.get(name)?.push(res);
         line.push(`${name} ${Math.round(res.rps)}${res.errors ? ` (${res.errors} err)` : ''}`);
