@@ -95,9 +95,19 @@ function overheadTables(o: OverheadResult): { text: string; md: string } {
 }
 
 function telemetryTables(t: TelemetryResult): { text: string; md: string } {
-  const head = ['m2m-proxy', 'req/s', '÷ off', 'p50 ms', 'p99 ms', 'errors', 'idle RSS MiB'];
+  const head = [
+    'm2m-proxy',
+    'CPU µs/req',
+    'req/s',
+    '÷ off',
+    'p50 ms',
+    'p99 ms',
+    'errors',
+    'idle RSS MiB',
+  ];
   const rows = Object.entries(t.targets).map(([name, x]) => [
     name,
+    x.cpuUsPerRequest.toFixed(1),
     x.rps,
     `${x.vsOff.toFixed(3)}×`,
     x.p50.toFixed(2),
