@@ -26,9 +26,9 @@ export interface TelemetryTarget {
   /** Median over rounds of this target's req/s ÷ "off" in the same round. */
   vsOff: number;
   /**
-   * The proxy's CPU time (user + system) per request, in µs, over all rounds. Far steadier than
-   * req/s on a shared machine: a neighbour's load delays the proxy but hardly changes the work
-   * it does per request.
+   * The proxy's CPU time (user + system) per request, in µs, at a fixed 500 req/s (the same
+   * batching for every target), over all rounds. Far steadier than req/s on a shared machine:
+   * a neighbour's load delays the proxy but hardly changes the work it does per request.
    */
   cpuUsPerRequest: number;
   idleMiB: number;
@@ -48,6 +48,8 @@ export interface TelemetryResult {
 }
 
 const CONNECTIONS = 50;
+/** The fixed rate of the CPU-per-request measurement: well below saturation on any machine. */
+const FIXED_RATE = 500;
 const OFF = 'off';
 
 /** utime + stime of `pid` in seconds (/proc/PID/stat, clock ticks of 10 ms). */
@@ -144,14 +146,20 @@ export async function runTelemetry(
       const order = [...proxies];
       if (r % 2 === 1) order.reverse();
       for (const [name, p] of order) {
-        const cpuBefore = cpuSeconds(p.pid);
         const res = await run(p, seconds);
+        byTarget.get(name)?.push(res);
+        const cpuBefore = cpuSeconds(p.pid);
+        const paced = await load({
+          url: `${p.url}/bench`,
+          connections: 10,
+          duration: pick(ctx, 3, 1),
+          overallRate: FIXED_RATE,
+        });
         const used = cpu.get(name);
         if (used) {
           used.seconds += cpuSeconds(p.pid) - cpuBefore;
-          used.requests += res.ok + res.non2xx;
+          used.requests += paced.ok + paced.non2xx;
         }
-        byTarget.get(name)?.push(res);
         line.push(`${name} ${Math.round(res.rps)}${res.errors ? ` (${res.errors} err)` : ''}`);
       }
       ctx.log(`  round ${r + 1}/${ctx.rounds}: ${line.join(', ')} req/s`);
