@@ -6,13 +6,15 @@
  *
  * Environment:
  *   BENCH_QUICK=1     shorter runs (smoke check, ~2 min); results go to results/quick.*
- *   BENCH_ONLY=a,b    only these runs: overhead, latency, token, pacing, memory, fleet, routes
+ *   BENCH_ONLY=a,b    only these runs: overhead, latency, token, pacing, memory, fleet, routes,
+ *                     telemetry
  *                     (results go to results/partial.*, as with BENCH_CPU_PROF)
  *   BENCH_ROUNDS=n    rounds per target in the interleaved runs (default 7, QUICK 1)
  *   BENCH_CPU_PROF=1  run m2m-proxy with --cpu-prof (profiles in results/prof, summarised)
  *   BENCH_STRICT=1    exit 1 when a target fails
  *   BENCH_NGINX=path  nginx binary (default /usr/sbin/nginx; skipped when absent)
  *   BENCH_M2M=path    the proxy's entry point (default dist/main.js)
+ *   BENCH_M2M_BASE=path a build before tracing existed, compared in the telemetry run
  *   BENCH_TCPDUMP=path tcpdump binary for arrival times on the wire (default /usr/bin/tcpdump)
  */
 import { spawnSync } from 'node:child_process';
@@ -33,9 +35,19 @@ import { runMemory } from './runs/memory.js';
 import { METHODS, type OverheadResult, runOverhead } from './runs/overhead.js';
 import { runPacing } from './runs/pacing.js';
 import { type RoutesResult, runRoutes } from './runs/routes.js';
+import { runTelemetry, type TelemetryResult } from './runs/telemetry.js';
 import { runToken } from './runs/token.js';
 
-const RUNS = ['overhead', 'latency', 'token', 'pacing', 'memory', 'fleet', 'routes'] as const;
+const RUNS = [
+  'overhead',
+  'latency',
+  'token',
+  'pacing',
+  'memory',
+  'fleet',
+  'routes',
+  'telemetry',
+] as const;
 type RunName = (typeof RUNS)[number];
 type Runner = (
   ctx: Ctx,
@@ -50,6 +62,7 @@ const TITLES: Record<RunName, string> = {
   memory: '5. Memory (RSS)',
   fleet: '6. Fleet (3 replicas, shared budget through Redis)',
   routes: '7. Routes (several APIs in one process)',
+  telemetry: '8. Tracing and the access log (GET, pacing off, token held)',
 };
 
 const runners: Record<RunName, Runner> = {
@@ -60,6 +73,7 @@ const runners: Record<RunName, Runner> = {
   memory: runMemory,
   fleet: runFleet,
   routes: runRoutes,
+  telemetry: runTelemetry,
 };
 
 /** The routes run's figures as a table (route count → req/s, latency, idle RSS). */
@@ -118,6 +132,34 @@ function overheadTables(o: OverheadResult): { text: string; md: string } {
   return { text: text.join('\n'), md: md.join('\n') };
 }
 
+function telemetryTables(t: TelemetryResult): { text: string; md: string } {
+  const head = [
+    'm2m-proxy',
+    'CPU µs/req',
+    'req/s',
+    '÷ off',
+    'p50 ms',
+    'p99 ms',
+    'errors',
+    'idle RSS MiB',
+  ];
+  const rows = Object.entries(t.targets).map(([name, x]) => [
+    name,
+    x.cpuUsPerRequest.toFixed(1),
+    x.rps,
+    `${x.vsOff.toFixed(3)}×`,
+    x.p50.toFixed(2),
+    x.p99.toFixed(2),
+    x.errors,
+    x.idleMiB.toFixed(1),
+  ]);
+  const title = `${t.connections} connections, median of ${t.rounds} interleaved rounds × ${t.secondsPerRound} s; tracing 100% exported ${t.exported.requests} OTLP requests (${(t.exported.bytes / 1e6).toFixed(1)} MB); access log ${(t.accessLogBytes / 1e6).toFixed(1)} MB`;
+  return {
+    text: [`  ${title}`, textTable(head, rows).replace(/^/gm, '  ')].join('\n'),
+    md: [`**${title}**`, '', markdownTable(head, rows), ''].join('\n'),
+  };
+}
+
 async function main(): Promise<void> {
   const quick = process.env.BENCH_QUICK === '1';
   const only = process.env.BENCH_ONLY?.split(',').map((s) => s.trim());
@@ -169,6 +211,11 @@ async function main(): Promise<void> {
         if (name === 'routes' && out.result) console.log(routesTable(out.result as RoutesResult));
         if (name === 'overhead' && out.result) {
           const tables = overheadTables(out.result as OverheadResult);
+          console.log(tables.text);
+          mdSections.push(tables.md);
+        }
+        if (name === 'telemetry' && out.result) {
+          const tables = telemetryTables(out.result as TelemetryResult);
           console.log(tables.text);
           mdSections.push(tables.md);
         }

@@ -6,13 +6,16 @@ import { Registry } from 'prom-client';
 import { createAdminServer, type ReadinessReason } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
 import { type Config, displayUrl, type RouteConfig } from './config/config.js';
+import type { TracingSettings } from './config/tracing.js';
 import {
   type ClientCredentials,
   credentialFiles,
   readCredentials,
 } from './credentials/credentials.js';
-import { CredentialWatcher } from './credentials/watcher.js';
+import { CredentialWatcher, POLL_MS } from './credentials/watcher.js';
 import { ERROR_HEADER, ProxyError } from './errors.js';
+import { AccessLog } from './log/access.js';
+import { Audit } from './log/audit.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
@@ -22,6 +25,7 @@ import { Forwarder } from './proxy/forward.js';
 import { ProxyHandler, type ReplayBudget } from './proxy/handler.js';
 import { TokenClient } from './token/client.js';
 import { TokenManager } from './token/manager.js';
+import type { RenewalObserver, RequestObserver } from './tracing/types.js';
 
 /** A running proxy: every route's port and the admin port listening, the tokens kept fresh. */
 export interface App {
@@ -70,6 +74,8 @@ export interface AppDeps {
   /** Contents of each `rateLimit.shared.passwordFile` by path, read at start-up with the credentials. */
   redisPasswords?: ReadonlyMap<string, string> | undefined;
   env: Readonly<Record<string, string | undefined>>;
+  /** Resolved by `resolveTracing`; absent: tracing off, and OpenTelemetry is never loaded. */
+  tracing?: TracingSettings | undefined;
   logger: Logger;
   clock?: Clock;
   registry?: Registry;
@@ -94,12 +100,21 @@ export async function startApp(deps: AppDeps): Promise<App> {
   const metrics = new Metrics(deps.registry ?? new Registry(), {
     ...(deps.version ? { version: deps.version } : {}),
   });
+  // Loaded only when an OTLP endpoint is configured: tracing off costs no memory and no CPU.
+  const tracing = deps.tracing
+    ? (await import('./tracing/otel.js')).startTracing(deps.tracing, { logger })
+    : undefined;
 
   const managers = new Map<string, TokenManager>();
+  /** Each route's token renewal spans (its token group's), for the requests to link to. */
+  const renewalSpans = new Map<string, RenewalObserver>();
   const watchers: CredentialWatcher[] = [];
   for (const group of tokenGroups(config)) {
     const names = group.routes.map((r) => r.name);
-    const groupLogger = logger.child({ route: names.join(',') });
+    const label = names.join(',');
+    const groupLogger = logger.child({ route: label });
+    const audit = new Audit(logger, label);
+    const renewals = tracing?.renewals(label, group.token.url);
     let credentials = deps.credentials.get(group.key);
     if (!credentials) throw new Error(`no credentials for the token of ${names.join(', ')}`);
     const tokens = new TokenManager({
@@ -109,6 +124,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
       clock,
       logger: groupLogger,
       metrics: metrics.forRoutes(names),
+      audit,
+      renewals,
     });
     watchers.push(
       new CredentialWatcher(
@@ -120,9 +137,14 @@ export async function startApp(deps: AppDeps): Promise<App> {
           tokens.credentialsChanged();
         },
         groupLogger,
+        POLL_MS,
+        audit,
       ),
     );
-    for (const name of names) managers.set(name, tokens);
+    for (const name of names) {
+      managers.set(name, tokens);
+      if (renewals) renewalSpans.set(name, renewals);
+    }
   }
 
   const stores = await sharedStores(config, metrics, deps, clock);
@@ -137,7 +159,11 @@ export async function startApp(deps: AppDeps): Promise<App> {
   for (const route of config.routes) {
     const tokens = managers.get(route.name) as TokenManager;
     const store = route.rateLimit.shared ? stores.get(route.rateLimit.shared.key)?.() : undefined;
-    parts.push(startRoute(route, { tokens, store, metrics, deps, clock, maxConnections, replay }));
+    const renewals = renewalSpans.get(route.name);
+    const requests = renewals && tracing?.requests(route.name, route.upstream.url, renewals);
+    parts.push(
+      startRoute(route, { tokens, store, metrics, deps, clock, maxConnections, replay, requests }),
+    );
   }
   const admin = createAdminServer(metrics.registry, () => notReady(parts));
 
@@ -177,6 +203,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
       proxy: `${address.address}:${address.port}`,
       admin: `${adminAddress.address}:${adminAddress.port}`,
       upstream: displayUrl(parts.find((p) => p.route.name === name)?.route.upstream.url ?? ''),
+      accessLog: config.log.access,
+      tracing: deps.tracing ? deps.tracing.url : 'off',
     });
   }
 
@@ -188,6 +216,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     metrics,
     shutdown() {
       shutdown ??= (async () => {
+        const deadline = clock.now() + config.shutdown.timeout;
         const inFlight = parts.reduce((n, p) => n + p.handler.inFlight, 0);
         logger.info({ event: 'shutting_down', inFlight });
         // Every route stops taking requests at once; they drain together within one timeout.
@@ -201,6 +230,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
           close(admin),
           ...parts.flatMap((p) => [close(p.server), p.pacer.close(), p.forwarder.close()]),
         ]);
+        // The last spans (those of the drained requests) go out within what is left of the budget.
+        await tracing?.shutdown(Math.max(0, deadline - clock.now()));
         logger.info({ event: 'stopped' });
       })();
       return shutdown;
@@ -261,6 +292,7 @@ async function sharedStores(
       routes: names,
       password: shared.passwordFile ? deps.redisPasswords?.get(shared.passwordFile) : undefined,
       localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
+      audit: new Audit(deps.logger, names.join(',')),
     });
     let open = routes.length;
     stores.set(key, () =>
@@ -285,6 +317,8 @@ interface RouteDeps {
   /** This route's share of `limits.connections`. */
   maxConnections: number;
   replay: ReplayBudget;
+  /** The route's request spans, when tracing is on. */
+  requests: RequestObserver | undefined;
 }
 
 /** Builds one route's pacer, forwarder, handler and (not yet listening) server. */
@@ -299,8 +333,13 @@ function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
     ...(store ? { store } : {}),
   });
   const forwarder = new Forwarder(route.upstream);
+  // The access log wraps the spans when both are on: the handler sees one observer.
+  const observer = deps.config.log.access
+    ? new AccessLog(deps.logger, route.name, parts.requests)
+    : parts.requests;
   const handler = new ProxyHandler({
     config: route,
+    observer,
     limits,
     replay: parts.replay,
     tokens,

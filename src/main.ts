@@ -6,6 +6,7 @@ import { type App, ListenError, startApp, tokenGroups } from './app.js';
 import { type Config, displayUrl, type RouteConfig } from './config/config.js';
 import { formatDuration } from './config/duration.js';
 import { ConfigError, loadConfig } from './config/load.js';
+import { describeTracing, resolveTracing, type TracingSettings } from './config/tracing.js';
 import {
   type ClientCredentials,
   CredentialError,
@@ -76,7 +77,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     process.stderr.write(loaded.problems);
     return EXIT.config;
   }
-  const { config, credentials, redisPasswords } = loaded;
+  const { config, credentials, redisPasswords, tracing } = loaded;
   const exposed = worldReadable([
     ...new Set(
       config.routes.flatMap((route) => [
@@ -87,7 +88,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   ]);
 
   if (args.check) {
-    process.stdout.write(summary(file, config, credentials, exposed));
+    process.stdout.write(summary(file, config, credentials, exposed, tracing));
     return EXIT.ok;
   }
 
@@ -108,6 +109,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
       redisPasswords,
       env,
       logger,
+      tracing,
       version: packageVersion(),
     });
   } catch (err) {
@@ -135,6 +137,7 @@ async function load(
       config: Config;
       credentials: Map<string, ClientCredentials>;
       redisPasswords: Map<string, string>;
+      tracing: TracingSettings | undefined;
     }
   | { problems: string }
 > {
@@ -148,6 +151,15 @@ async function load(
     if (!(err instanceof ConfigError)) throw err;
     configProblems.push(...err.problems);
     partial = err.partial;
+  }
+  let tracing: TracingSettings | undefined;
+  if (config) {
+    try {
+      tracing = resolveTracing(config.tracing, env);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      configProblems.push(...err.problems);
+    }
   }
   /** Runs one file read; its problems are listed under `label` (the routes it belongs to). */
   const read = async <T>(label: string, run: () => T | Promise<T>): Promise<T | undefined> => {
@@ -210,7 +222,7 @@ async function load(
     }
   }
   if (config && configProblems.length === 0 && fileProblems.length === 0) {
-    return { config, credentials, redisPasswords };
+    return { config, credentials, redisPasswords, tracing };
   }
   const section = (title: string, lines: string[]) =>
     lines.length > 0 ? `${title}\n${lines.map((l) => `  ${l}`).join('\n')}\n` : '';
@@ -230,10 +242,13 @@ function summary(
   c: Config,
   credentials: ReadonlyMap<string, ClientCredentials>,
   exposed: readonly string[],
+  tracing: TracingSettings | undefined,
 ): string {
   const groups = tokenGroups(c);
   const lines = [`configuration OK: ${file}`];
   const tail = [
+    `  logs:        level ${c.log.level}; access log ${c.log.access ? 'on' : 'off'}; audit events on`,
+    `  tracing:     ${describeTracing(tracing)}`,
     `  limits:      ${c.limits.connections} connections; headers within ${formatDuration(c.limits.headersTimeout)}, kept bodies within ${formatDuration(c.limits.bodyTimeout)}; ${c.limits.replayBytes} bytes of kept bodies`,
     ...exposed.map(
       (f) => `  warning:     ${f} is readable by every user of the host (use mode 0400 or 0440)`,

@@ -4,7 +4,15 @@
  * files, exactly as an operator would deploy it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +40,18 @@ export interface M2mOptions {
    * and `rateLimit` above are then unused.
    */
   routes?: ReadonlyArray<{ upstreamUrl: string; rateLimit?: Record<string, unknown> }>;
+  /** Another build's entry point (e.g. the commit before a change), default {@link mainJs}. */
+  entry?: string;
+  /** Extra keys for the `log` section (`access: true`). */
+  log?: Record<string, unknown>;
+  /** The `tracing` section (off when absent). */
+  tracing?: Record<string, unknown>;
+  /**
+   * Write stdout to a file in the run's directory, as a container runtime does, instead of a
+   * pipe the bench reads (the access log at full load would cost the bench's CPU, not only the
+   * proxy's).
+   */
+  stdoutToFile?: boolean;
 }
 
 export class M2mProxy {
@@ -67,6 +87,15 @@ export class M2mProxy {
     return this.output.join('\n');
   }
 
+  /** Size of stdout written to a file (`stdoutToFile`), in bytes. */
+  stdoutBytes(): number {
+    try {
+      return statSync(join(this.dir, 'stdout.log')).size;
+    } catch {
+      return 0;
+    }
+  }
+
   /**
    * Starts the proxy. With `waitFor: 'ready'` it returns once `/readyz` is 200 (a token is held);
    * with `'listening'` as soon as `/healthz` answers, before any token (the cold-start run).
@@ -91,7 +120,8 @@ export class M2mProxy {
     for (let i = 1; i < (opts.routes?.length ?? 1); i++) ports.push(await freePort());
     const common = {
       admin: { host: '127.0.0.1', port: adminPort },
-      log: { level: 'warn' },
+      log: { level: 'warn', ...opts.log },
+      ...(opts.tracing ? { tracing: opts.tracing } : {}),
       shutdown: { timeout: '5s' },
     };
     const config = opts.routes
@@ -122,11 +152,17 @@ export class M2mProxy {
       mkdirSync(profDir, { recursive: true });
       nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
     }
-    const child = spawn(process.execPath, [...nodeArgs, mainJs, '--config', configFile], {
-      cwd: repoRoot,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NODE_ENV: 'production' },
-    });
+    const stdout = opts.stdoutToFile ? openSync(join(dir, 'stdout.log'), 'w') : 'pipe';
+    const child = spawn(
+      process.execPath,
+      [...nodeArgs, opts.entry ?? mainJs, '--config', configFile],
+      {
+        cwd: repoRoot,
+        stdio: ['ignore', stdout, 'pipe'],
+        env: { ...process.env, NODE_ENV: 'production' },
+      },
+    );
+    if (typeof stdout === 'number') closeSync(stdout); // the child holds its own copy
     const proxy = new M2mProxy(child, port, adminPort, dir, ports);
     try {
       await waitForHttp(`${proxy.adminUrl}/${waitFor === 'ready' ? 'readyz' : 'healthz'}`, {

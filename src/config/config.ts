@@ -1,4 +1,5 @@
 import {
+  boolean,
   duration,
   type Infer,
   type Issue,
@@ -71,6 +72,13 @@ const log = object({
   level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const).default(
     'info',
   ),
+  /** One JSON line per request (`src/log/access.ts`). */
+  access: boolean().default(false),
+});
+/** OpenTelemetry; resolved together with the `OTEL_*` variables by `resolveTracing`. */
+const tracing = object({
+  endpoint: url(['http:', 'https:']).optionalKey(),
+  sampleRatio: number({ min: 0, max: 1 }).optionalKey(),
 });
 /**
  * What one process holds for its clients (docs/configuration.md, "Limits"): open connections
@@ -100,6 +108,7 @@ export const configSchema = object({
   rateLimit,
   limits,
   log,
+  tracing,
   shutdown,
 });
 
@@ -122,6 +131,7 @@ export const routesConfigSchema = object({
   routes: list(routeSchema),
   limits,
   log,
+  tracing,
   shutdown,
 });
 
@@ -150,6 +160,7 @@ export interface Config {
   readonly admin: SingleApiFile['admin'];
   readonly limits: SingleApiFile['limits'];
   readonly log: SingleApiFile['log'];
+  readonly tracing: SingleApiFile['tracing'];
   readonly shutdown: SingleApiFile['shutdown'];
   readonly routes: readonly RouteConfig[];
   readonly upstream?: RouteConfig['upstream'];
@@ -168,6 +179,16 @@ export function crossCheck(config: Config): Issue[] {
     crossCheckRoute(route, single ? [] : ['routes', String(i)]),
   );
   if (!single) issues.push(...crossCheckRoutes(config));
+  const endpoint = config.tracing.endpoint;
+  if (endpoint) {
+    const u = new URL(endpoint);
+    if (u.username || u.password || u.search || u.hash) {
+      issues.push({
+        path: ['tracing', 'endpoint'],
+        message: 'must not contain credentials, a query or a fragment',
+      });
+    }
+  }
   return issues;
 }
 

@@ -123,6 +123,14 @@ export const matching = (pattern: RegExp, describe: string) =>
     typeof raw === 'string' && pattern.test(raw) ? raw : fail(`must be ${describe}`),
   );
 
+/** `true` or `false` (environment values arrive as the strings `true` and `false`). */
+export const boolean = () =>
+  scalar<boolean>((raw) => {
+    if (raw === true || raw === 'true') return true;
+    if (raw === false || raw === 'false') return false;
+    return fail('must be true or false');
+  });
+
 /** One of a fixed set of strings. */
 export const oneOf = <const V extends readonly string[]>(values: V) =>
   scalar<V[number]>((raw) =>

@@ -1,5 +1,6 @@
-import { type FSWatcher, watch } from 'node:fs';
+import { type FSWatcher, readFileSync, watch } from 'node:fs';
 import { dirname } from 'node:path';
+import { type Audit, fingerprint } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import { type ClientCredentials, sameCredentials } from './credentials.js';
 
@@ -26,16 +27,20 @@ export class CredentialWatcher {
   readonly #poll: NodeJS.Timeout;
   #current: ClientCredentials;
   #closed = false;
+  /** Fingerprint of each file's content as last read, to tell the audit trail which one changed. */
+  readonly #prints = new Map<string, string | undefined>();
 
   constructor(
-    files: readonly string[],
+    private readonly files: readonly string[],
     initial: ClientCredentials,
     private readonly read: () => Promise<ClientCredentials>,
     private readonly onChange: (credentials: ClientCredentials) => void,
     private readonly logger: Logger,
     pollMs = POLL_MS,
+    private readonly audit?: Audit,
   ) {
     this.#current = initial;
+    for (const file of files) this.#prints.set(file, filePrint(file));
     this.#poll = setInterval(() => void this.#reload(), pollMs);
     this.#poll.unref();
     for (const dir of new Set(files.map((f) => dirname(f)))) {
@@ -68,8 +73,26 @@ export class CredentialWatcher {
     }
     if (this.#closed || sameCredentials(this.#current, next)) return;
     this.#current = next;
-    this.logger.info({ event: 'credentials_changed' });
+    this.#record();
     this.onChange(next);
+  }
+
+  /** One `credentials_changed` audit line per file whose content changed (one without files). */
+  #record(): void {
+    if (!this.audit) {
+      this.logger.info({ event: 'credentials_changed' });
+      return;
+    }
+    let changed = 0;
+    for (const file of this.files) {
+      const before = this.#prints.get(file);
+      const now = filePrint(file);
+      this.#prints.set(file, now);
+      if (now === before) continue;
+      changed += 1;
+      this.audit.credentialsChanged(file, now);
+    }
+    if (changed === 0) this.audit.credentialsChanged(undefined, undefined);
   }
 
   close(): void {
@@ -77,5 +100,14 @@ export class CredentialWatcher {
     clearTimeout(this.#timer);
     clearInterval(this.#poll);
     for (const w of this.#watchers) w.close();
+  }
+}
+
+/** The fingerprint of a file's content, `undefined` when it cannot be read (e.g. mid-swap). */
+function filePrint(file: string): string | undefined {
+  try {
+    return fingerprint(readFileSync(file));
+  } catch {
+    return undefined;
   }
 }

@@ -1,4 +1,5 @@
 import type { Clock, Timer } from '../clock.js';
+import type { Audit } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import type { SharedSlotStore } from './redis-slot-store.js';
@@ -23,6 +24,8 @@ export interface FallbackSlotStoreOptions {
   /** The budget's key, for the log lines. */
   key: string;
   probeIntervalMs?: number | undefined;
+  /** Records `shared_budget_lost` / `shared_budget_restored` in the audit trail. */
+  audit?: Audit | undefined;
 }
 
 /**
@@ -43,6 +46,7 @@ export class FallbackSlotStore implements SlotStore {
   readonly #metrics: SharedBudgetMetrics;
   readonly #key: string;
   readonly #probeIntervalMs: number;
+  readonly #audit: Audit | undefined;
   #up = true;
   #probeTimer: Timer | undefined;
   #closed = false;
@@ -55,6 +59,7 @@ export class FallbackSlotStore implements SlotStore {
     this.#metrics = options.metrics;
     this.#key = options.key;
     this.#probeIntervalMs = options.probeIntervalMs ?? DEFAULT_PROBE_INTERVAL_MS;
+    this.#audit = options.audit;
     this.#metrics.up.set(1);
     this.#shared.onConnectionLost((error) => this.#markDown(error));
     // Find out now rather than at the first request whether Redis is there, so the gauge is true.
@@ -88,14 +93,12 @@ export class FallbackSlotStore implements SlotStore {
     if (this.#closed || !this.#up) return;
     this.#up = false;
     this.#metrics.up.set(0);
+    const reason = error instanceof Error ? error.message : String(error);
     this.#logger.warn(
-      {
-        event: 'shared_budget_down',
-        key: this.#key,
-        reason: error instanceof Error ? error.message : String(error),
-      },
+      { event: 'shared_budget_down', key: this.#key, reason },
       'shared pacing budget unreachable: pacing locally at the fallback share of the limits',
     );
+    this.#audit?.sharedBudgetLost(this.#key, reason);
     this.#scheduleProbe();
   }
 
@@ -107,6 +110,7 @@ export class FallbackSlotStore implements SlotStore {
       { event: 'shared_budget_up', key: this.#key },
       'shared pacing budget reachable again: pacing with the fleet',
     );
+    this.#audit?.sharedBudgetRestored(this.#key);
   }
 
   #scheduleProbe(): void {

@@ -2,6 +2,7 @@ import type { Registry } from 'prom-client';
 import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
 import { readRedisPassword } from '../credentials/credentials.js';
+import type { Audit } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { FallbackSlotStore } from './fallback-slot-store.js';
@@ -32,6 +33,8 @@ export interface SharedStoreDeps {
   commandTimeoutMs?: number | undefined;
   connectTimeoutMs?: number | undefined;
   probeIntervalMs?: number | undefined;
+  /** The audit trail (`shared_budget_lost` / `shared_budget_restored`). */
+  audit?: Audit | undefined;
 }
 
 /**
@@ -68,5 +71,6 @@ export function createSharedStore(
     metrics,
     key: shared.key,
     probeIntervalMs: deps.probeIntervalMs,
+    audit: deps.audit,
   });
 }

@@ -5,6 +5,7 @@ import { type Dispatcher, Pool } from 'undici';
 import type { RouteConfig } from '../config/config.js';
 import { ConfigError } from '../config/load.js';
 import { ProxyError } from '../errors.js';
+import type { TransferStats } from '../tracing/types.js';
 import type { Cancellation } from './cancellation.js';
 import { responseHeaders } from './headers.js';
 
@@ -37,6 +38,8 @@ export interface Outgoing {
    * when the attempt ends without getting that far (the pacer counts starts on the wire).
    */
   onWire: () => void;
+  /** Counts body bytes for the access log and spans; absent when neither is on. */
+  stats?: TransferStats | undefined;
 }
 
 /**
@@ -180,9 +183,20 @@ class Exchange implements Dispatcher.DispatchHandler {
     return true;
   }
 
+  /**
+   * A streamed request body's bytes (a kept one's size is known before it is sent). undici 7
+   * passes the chunk, though its types still declare the older `(chunkSize, total)`.
+   */
+  onBodySent(chunk: number | Buffer | string): void {
+    const stats = this.out.stats;
+    if (stats && this.out.body !== null && !Buffer.isBuffer(this.out.body))
+      stats.bytesIn += typeof chunk === 'number' ? chunk : Buffer.byteLength(chunk);
+  }
+
   onData(chunk: Buffer): boolean {
     // Discarded (a 401 to replay), or nobody to deliver it to any more.
     if (!this.#attempt?.delivered || this.#settled || this.res.destroyed) return true;
+    if (this.out.stats) this.out.stats.bytesOut += chunk.length;
     if (this.res.write(chunk)) return true;
     // The client reads slower than the upstream sends: undici stops reading until it drains.
     if (this.#resume) this.res.once('drain', this.#resume);

@@ -7,8 +7,9 @@ import type { Logger } from '../log/logger.js';
 import type { RouteMetrics } from '../metrics/metrics.js';
 import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
+import type { RequestObservation, RequestObserver } from '../tracing/types.js';
 import { Cancellation } from './cancellation.js';
-import type { Forwarder, Outgoing } from './forward.js';
+import type { Attempt, Forwarder, Outgoing } from './forward.js';
 import { type RequestHead, rawHeader, requestHead, withBearer } from './headers.js';
 import { pathPrefix, upstreamPath } from './target.js';
 
@@ -45,6 +46,8 @@ export interface HandlerDeps {
   metrics: RouteMetrics;
   logger: Logger;
   clock: Clock;
+  /** The access log and/or tracing; absent when both are off (then nothing is observed). */
+  observer?: RequestObserver | undefined;
 }
 
 /**
@@ -78,6 +81,7 @@ export class ProxyHandler {
 
   /** Node's `request` listener. */
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const observed = this.deps.observer?.begin(req, res);
     if (this.#shuttingDown) {
       this.#reject(res, new ProxyError('shutting_down'));
       return;
@@ -98,7 +102,7 @@ export class ProxyHandler {
       return;
     }
     this.#inFlight += 1;
-    void this.#forward(req, res, path);
+    void this.#forward(req, res, path, observed);
   };
 
   /**
@@ -118,7 +122,12 @@ export class ProxyHandler {
     return this.#inFlight;
   }
 
-  async #forward(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  async #forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    observed: RequestObservation | undefined,
+  ): Promise<void> {
     const { config, clock, tokens } = this.deps;
     const cancel = new Cancellation();
     const onClose = () => {
@@ -131,12 +140,15 @@ export class ProxyHandler {
     let kept = 0;
     try {
       const head = requestHead(req.rawHeaders);
+      observed?.headers(head.headers);
       kept = this.#keep(head);
       const pending = kept > 0 ? this.#read(req, kept) : this.#body(req, head);
       const body = pending instanceof Promise ? await pending : pending;
+      if (observed && Buffer.isBuffer(body)) observed.stats.bytesIn = body.length;
       // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
       let token =
-        this.#startNow() ?? (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel));
+        this.#startNow() ??
+        (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel, observed));
       const replayable = body === null || Buffer.isBuffer(body);
       const outgoing: Outgoing = {
         method: req.method ?? 'GET',
@@ -145,17 +157,20 @@ export class ProxyHandler {
         body,
         replayOn401: replayable ? () => tokens.shouldRenewAfterRejection(token) : undefined,
         onWire: this.#onWire,
+        stats: observed?.stats,
       };
-      let attempt = await this.#attempt(res, outgoing, token, cancel);
+      let attempt = await this.#attempt(res, outgoing, token, cancel, observed);
       if (!attempt.delivered) {
         // 401 on a replayable request: renew once (shared by every request that saw it), then
         // replay once through the pacer: retries count against the budget too.
-        await tokens.renewAfterRejection(token);
+        observed?.tokenWaitStarted();
+        await tokens.renewAfterRejection(token); // never rejects
+        observed?.tokenWaitEnded();
         token =
           this.#startNow() ??
-          (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel));
+          (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel, observed));
         outgoing.replayOn401 = undefined;
-        attempt = await this.#attempt(res, outgoing, token, cancel);
+        attempt = await this.#attempt(res, outgoing, token, cancel, observed);
       }
     } catch (err) {
       this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
@@ -173,13 +188,29 @@ export class ProxyHandler {
   }
 
   /** Waits for a valid token and a pacing slot within one deadline; returns the token to use. */
-  async #slot(deadline: number, cancel: Cancellation): Promise<Secret> {
+  async #slot(
+    deadline: number,
+    cancel: Cancellation,
+    observed: RequestObservation | undefined,
+  ): Promise<Secret> {
     const { pacer, tokens } = this.deps;
-    await pacer.acquire({
+    const acquired = pacer.acquire({
       deadline,
       signal: cancel.signal,
-      ready: (d, s) => tokens.waitForToken(d, s),
+      ready: observed
+        ? (d, s) => observedTokenWait(tokens, observed, d, s)
+        : (d, s) => tokens.waitForToken(d, s),
     });
+    if (observed) {
+      observed.queueStarted();
+      await acquired.then(
+        () => observed.queueEnded(),
+        (err: unknown) => {
+          observed.queueEnded(err);
+          throw err;
+        },
+      );
+    } else await acquired;
     const token = tokens.current();
     if (!token) {
       pacer.sent(); // the granted start is given up before it reached the wire
@@ -193,10 +224,24 @@ export class ProxyHandler {
     outgoing: Outgoing,
     token: Secret,
     cancel: Cancellation,
+    observed: RequestObservation | undefined,
   ): Promise<{ delivered: boolean }> {
     const { metrics, clock, pacer } = this.deps;
     withBearer(outgoing.headers, token.reveal());
-    const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+    let attempt: Attempt;
+    if (observed) {
+      observed.attemptStarted(outgoing.headers);
+      attempt = await this.deps.forwarder.send(outgoing, res, cancel).then(
+        (a) => {
+          observed.attemptEnded(a.status);
+          return a;
+        },
+        (err: unknown) => {
+          observed.attemptEnded(undefined, err);
+          throw err;
+        },
+      );
+    } else attempt = await this.deps.forwarder.send(outgoing, res, cancel);
     if (attempt.status !== 401) this.deps.tokens.accepted(token);
     // A 401 that goes back to the client (a streamed body, or the replay's own 401) still renews
     // the token: at once if it had worked, else within the 401 backoff (the manager decides).
@@ -314,14 +359,31 @@ export class ProxyHandler {
   }
 }
 
+/** `waitForToken`, with the wait reported to the observer when the request really waits. */
+function observedTokenWait(
+  tokens: TokenManager,
+  observed: RequestObservation,
+  deadline: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  if (tokens.current()) return Promise.resolve();
+  observed.tokenWaitStarted();
+  return tokens.waitForToken(deadline, signal).then(
+    () => observed.tokenWaitEnded(),
+    (err: unknown) => {
+      observed.tokenWaitEnded(err);
+      throw err;
+    },
+  );
+}
+
 /** Writes one of the catalogue's responses. */
 export function sendError(res: ServerResponse, error: ProxyError): void {
   const body = error.body();
-  const headers: Record<string, string | number> = {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(body),
-    [ERROR_HEADER]: error.code,
-  };
+  // Set apart so that `getHeader` sees them (the access log and the span read the code and size).
+  res.setHeader(ERROR_HEADER, error.code);
+  res.setHeader('content-length', Buffer.byteLength(body));
+  const headers: Record<string, string | number> = { 'content-type': 'application/json' };
   if (error.retryAfterSeconds !== undefined)
     headers['retry-after'] = Math.max(1, Math.ceil(error.retryAfterSeconds));
   res.writeHead(error.status, headers).end(body);

@@ -12,6 +12,8 @@ export interface IssuedToken {
    * tells neither (the manager then assumes a default, see `DEFAULT_LIFETIME_MS`).
    */
   readonly lifetimeMs: number | undefined;
+  /** The granted `scope` when the provider returned one (RFC 6749 §5.1), for the audit trail. */
+  readonly scope?: string | undefined;
 }
 
 /** The failure classes of `m2m_proxy_token_refresh_failures_total{reason}` (docs/metrics.md). */
@@ -210,14 +212,15 @@ export function parseTokenResponse(status: number, text: string): IssuedToken {
       `has token_type ${JSON.stringify(String(json.token_type).slice(0, 20))}, not Bearer`,
     );
   }
+  const scope = typeof json.scope === 'string' && json.scope !== '' ? json.scope : undefined;
   // Without expires_in the lifetime stays unknown here; `requestToken` then reads a JWT's `exp`.
   if (json.expires_in === undefined)
-    return { accessToken: new Secret(accessToken), lifetimeMs: undefined };
+    return { accessToken: new Secret(accessToken), lifetimeMs: undefined, scope };
   const seconds = Number(json.expires_in);
   if (!Number.isFinite(seconds) || seconds <= 0) {
     throw invalid('has an expires_in that is not a positive number');
   }
-  return { accessToken: new Secret(accessToken), lifetimeMs: seconds * 1000 };
+  return { accessToken: new Secret(accessToken), lifetimeMs: seconds * 1000, scope };
 }
 
 /** Remaining lifetime from a JWT access token's `exp`, read without verification (it is not ours to verify). */

@@ -1,11 +1,13 @@
 import type { Clock, Timer } from '../clock.js';
-import { displayUrl, type RouteConfig } from '../config/config.js';
+import { DEFAULT_ROUTE, displayUrl, type RouteConfig } from '../config/config.js';
 import type { ClientCredentials } from '../credentials/credentials.js';
 import type { Secret } from '../credentials/secret.js';
 import { Deadlines, type Timed } from '../deadlines.js';
 import { ProxyError } from '../errors.js';
+import { Audit, clientIdOf } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import type { RouteMetrics } from '../metrics/metrics.js';
+import type { RenewalCause, RenewalObserver } from '../tracing/types.js';
 import { type IssuedToken, TokenRequestError, type TokenSource } from './client.js';
 
 /**
@@ -25,6 +27,10 @@ export interface TokenManagerDeps {
   metrics: RouteMetrics;
   /** Uniform in [0, 1): the jitter of the retry backoff. */
   random?: () => number;
+  /** The audit trail; by default one for the route `default` on `logger` (it is always on). */
+  audit?: Audit;
+  /** Told about every token request (a span per renewal when tracing is on). */
+  renewals?: RenewalObserver | undefined;
 }
 
 interface Held {
@@ -71,12 +77,16 @@ export class TokenManager {
   #rejections = 0;
   #lastRejectionAt = 0;
   #stopped = false;
+  /** Why the next token request is made, when not simply scheduled (or the first one). */
+  #cause: RenewalCause | undefined;
+  readonly #audit: Audit;
   /** Requests waiting for a token, by deadline; at its deadline one gets `token_unavailable`. */
   readonly #waiters: Deadlines<Waiter>;
   readonly #random: () => number;
 
   constructor(private readonly deps: TokenManagerDeps) {
     this.#random = deps.random ?? Math.random;
+    this.#audit = deps.audit ?? new Audit(deps.logger, DEFAULT_ROUTE);
     this.#waiters = new Deadlines(deps.clock, (waiter) =>
       this.#reject(waiter, new ProxyError('token_unavailable')),
     );
@@ -160,7 +170,8 @@ export class TokenManager {
     if (this.#held.accepted) this.#rejections = 0;
     this.#rejections += 1;
     this.#lastRejectionAt = this.deps.clock.now();
-    this.deps.logger.info({ event: 'token_rejected_by_upstream', consecutive: this.#rejections });
+    this.#audit.tokenRejectedByUpstream(rejected.reveal(), this.#rejections);
+    this.#cause = 'upstream_rejected';
     return this.renew(true);
   }
 
@@ -176,9 +187,13 @@ export class TokenManager {
   /** The credentials changed: renew at once with the new ones. */
   credentialsChanged(): void {
     this.#failures = 0;
+    const renew = () => {
+      this.#cause = 'credentials_changed';
+      void this.renew();
+    };
     // A renewal in flight still uses the old credentials: renew again after it.
-    if (this.#renewal) void this.#renewal.then(() => this.renew());
-    else void this.renew();
+    if (this.#renewal) void this.#renewal.then(renew);
+    else renew();
   }
 
   /**
@@ -207,13 +222,20 @@ export class TokenManager {
     this.#clear();
     // The lifetime counts from when the request was sent: the safe side of the network delay.
     const sentAt = clock.now();
+    const cause = this.#cause ?? (this.#held ? 'scheduled' : 'initial');
+    this.#cause = undefined;
+    const observed = this.deps.renewals?.renewalStarted(cause);
+    const credentials = this.deps.credentials();
     let issued: IssuedToken;
     try {
-      issued = await this.deps.source.requestToken(this.deps.credentials());
+      issued = await this.deps.source.requestToken(credentials);
     } catch (err) {
-      this.#failed(err);
+      const e = asTokenRequestError(err);
+      observed?.failed(e.reason, e.status);
+      this.#failed(e, credentials);
       return;
     }
+    observed?.succeeded();
     if (this.#stopped) return;
     const lifetime = issued.lifetimeMs ?? DEFAULT_LIFETIME_MS;
     const expiresAt = sentAt + lifetime;
@@ -221,6 +243,13 @@ export class TokenManager {
     this.#failures = 0;
     metrics.tokenRefreshes.inc({ result: 'success' });
     metrics.tokenExpiry.set(expiresAt / 1000);
+    this.#audit.tokenIssued({
+      clientId: clientIdOf(credentials),
+      scope: issued.scope ?? config.scope,
+      audience: config.audience ?? config.resource,
+      expiresAt,
+      token: issued.accessToken.reveal(),
+    });
     const renewIn =
       renewalDelay(lifetime, config.refreshAt, config.minRemaining) - (clock.now() - sentAt);
     logger.info({
@@ -237,22 +266,14 @@ export class TokenManager {
     }
   }
 
-  #failed(err: unknown): void {
-    const { clock, config, metrics, logger } = this.deps;
-    const e =
-      err instanceof TokenRequestError
-        ? err
-        : new TokenRequestError(
-            'network',
-            `token request failed: ${(err as Error)?.message ?? String(err)}`,
-          );
+  #failed(e: TokenRequestError, credentials: ClientCredentials): void {
+    const { clock, config, metrics } = this.deps;
     metrics.tokenRefreshes.inc({ result: 'failure' });
     metrics.tokenRefreshFailures.inc({ reason: e.reason });
     this.#failures += 1;
     const delay = backoffDelay(this.#failures, config.retry.min, config.retry.max, this.#random);
     const held = this.#held;
-    logger.warn({
-      event: 'token_renewal_failed',
+    this.#audit.tokenRenewalFailed(clientIdOf(credentials), {
       reason: e.reason,
       status: e.status,
       error: e.oauthError,
@@ -319,6 +340,15 @@ export function backoffDelay(
 }
 
 /** The longest wait of attempt n: `min × 2ⁿ`, capped at `max` (the exponent too, against overflow). */
+function asTokenRequestError(err: unknown): TokenRequestError {
+  return err instanceof TokenRequestError
+    ? err
+    : new TokenRequestError(
+        'network',
+        `token request failed: ${(err as Error)?.message ?? String(err)}`,
+      );
+}
+
 function backoffCeiling(attempt: number, min: number, max: number): number {
   return Math.min(max, min * 2 ** Math.min(attempt, 30));
 }

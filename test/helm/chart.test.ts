@@ -48,7 +48,17 @@ const CI_FILES = readdirSync(CI_DIR)
   .sort();
 
 /** The keys m2m-proxy.yaml may have at the top (docs/configuration.md). */
-const CONFIG_TOP_KEYS = ['listen', 'admin', 'upstream', 'token', 'rateLimit', 'log', 'shutdown'];
+const CONFIG_TOP_KEYS = [
+  'listen',
+  'admin',
+  'upstream',
+  'token',
+  'rateLimit',
+  'limits',
+  'log',
+  'tracing',
+  'shutdown',
+];
 
 /** Validates a rendered object with the model of its kind; throws with the schema's errors. */
 const MODELS: Record<string, new (data: never) => { validate(): void }> = {
@@ -393,6 +403,44 @@ describe.skipIf(!plan.available)(title, () => {
     );
     expect(Object.keys(secret.data ?? {}).sort()).toEqual(['client-id', 'client-secret']);
     expect(find(ci('shared-redis-values.yaml'), 'Secret')).toBeUndefined();
+  });
+
+  it('turns on tracing (endpoint, sampling) and the access log from values, both off by default', async () => {
+    const off = configOf(ci('native-sidecar-values.yaml')) as Record<string, unknown>;
+    expect(off.tracing).toBeUndefined();
+    expect(off.log).toMatchObject({ access: false });
+    // A values file (as users write them): `--set` would pass 0.2 as a string.
+    const valuesDir = mkdtempSync(join(tmpdir(), 'm2m-proxy-values-'));
+    const tracingValues = join(valuesDir, 'tracing-values.yaml');
+    writeFileSync(
+      tracingValues,
+      stringify({
+        tracing: { endpoint: 'http://otel-collector.observability:4318', sampleRatio: 0.2 },
+        log: { level: 'info', access: true },
+      }),
+    );
+    const on = configOf(
+      renderOk({ valuesFiles: [join(CI_DIR, 'native-sidecar-values.yaml'), tracingValues] }),
+    );
+    expect(on.tracing).toEqual({
+      endpoint: 'http://otel-collector.observability:4318',
+      sampleRatio: 0.2,
+    });
+    expect(on.log).toMatchObject({ access: true });
+    const dir = mkdtempSync(join(tmpdir(), 'm2m-proxy-chart-'));
+    try {
+      const path = join(dir, 'm2m-proxy.yaml');
+      writeFileSync(path, stringify(on));
+      const config = await loadConfig(path, {});
+      expect(config.tracing).toEqual({
+        endpoint: 'http://otel-collector.observability:4318',
+        sampleRatio: 0.2,
+      });
+      expect(config.log.access).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    rmSync(valuesDir, { recursive: true, force: true });
   });
 
   it('renders the shared budget with the Redis password mounted from its Secret', () => {

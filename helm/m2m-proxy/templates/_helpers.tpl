@@ -506,6 +506,17 @@ rateLimit:
 {{- end }}
 log:
   level: {{ $v.log.level }}
+  access: {{ $v.log.access | default false }}
+{{- $ratioSet := not (kindIs "invalid" $v.tracing.sampleRatio) }}
+{{- if or $v.tracing.endpoint $ratioSet }}
+tracing:
+  {{- with $v.tracing.endpoint }}
+  endpoint: {{ . | quote }}
+  {{- end }}
+  {{- if $ratioSet }}
+  sampleRatio: {{ $v.tracing.sampleRatio }}
+  {{- end }}
+{{- end }}
 shutdown:
   timeout: {{ $v.shutdown.timeout }}
 {{- end -}}
