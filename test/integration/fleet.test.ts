@@ -105,8 +105,10 @@ async function startFleet(key: string, count: number, limits: Limits): Promise<P
   proxies.push(...fleet);
   await Promise.all(
     fleet.map(async (proxy) => {
-      await until(async () => (await fetch(`${proxy.adminUrl}/readyz`)).status === 200, 5000);
-      await until(async () => (await sharedBudgetUp(proxy)) === 1, 5000);
+      // Start-up only (not what is measured): generous, since a full parallel suite on 2 cores can
+      // take a fresh process several seconds to its first token and its Redis connection.
+      await until(async () => (await fetch(`${proxy.adminUrl}/readyz`)).status === 200, 15_000);
+      await until(async () => (await sharedBudgetUp(proxy)) === 1, 15_000);
       // A first request costs a fresh process far more than the next ones (JIT, the upstream
       // connection): enough, on a busy host, to make the first measured start ~100+ ms late.
       const warm = await fetch(`${proxy.url}/warm-up`);
