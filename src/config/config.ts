@@ -62,7 +62,7 @@ export const configSchema = object({
       redis: url(['redis:', 'rediss:']),
       passwordFile: string().optionalKey(),
       key: string(),
-      fallback: number({ positive: true, max: 1 }).default(0.25),
+      fallback: number({ positive: true, max: 1 }).optionalKey(),
     }).optionalKey(),
   }),
   log: object({

@@ -104,6 +104,12 @@ export class SharedBudgetMetrics {
   readonly errors: Counter;
   /** Round trip of one successful reservation script (EVALSHA) in seconds. */
   readonly reserveDuration: Histogram;
+  /** Replicas that announced themselves on the key within the heartbeat expiry (0 = not known yet). */
+  readonly replicas: Gauge;
+  /** The share of the limits this replica paces at alone while Redis is unreachable. */
+  readonly fallbackShare: Gauge;
+  /** Reserved starts given up because the replica reached them too late (a stall). */
+  readonly forfeits: Counter;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -122,6 +128,21 @@ export class SharedBudgetMetrics {
       help: 'Round trip of one reservation in the shared pacing budget (one Lua script in Redis).',
       // 0.25 ms (same host) to 250 ms (the command timeout): where a healthy LAN Redis lives.
       buckets: [0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
+      registers,
+    });
+    this.replicas = new Gauge({
+      name: 'm2m_proxy_shared_budget_replicas',
+      help: 'Replicas last seen on the shared budget key (heartbeats in Redis); 0 until first known.',
+      registers,
+    });
+    this.fallbackShare = new Gauge({
+      name: 'm2m_proxy_shared_budget_fallback_share',
+      help: 'Share of the limits this replica paces at alone while Redis is unreachable (1 / replicas last seen, capped by rateLimit.shared.fallback).',
+      registers,
+    });
+    this.forfeits = new Counter({
+      name: 'm2m_proxy_shared_budget_forfeits_total',
+      help: 'Starts reserved in the shared budget and given up because the replica reached them too late (a stall); the request reserves again.',
       registers,
     });
   }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { inspect } from 'node:util';
 import { Redis, type RedisOptions } from 'ioredis';
@@ -5,9 +6,11 @@ import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { ClockOffset } from './clock-offset.js';
 import {
+  HEARTBEAT_LUA,
   parseReserveReply,
   RESERVE_LUA,
   type ReserveReply,
+  replicasKey,
   reserveArgs,
   reserveKeys,
 } from './reserve-script.js';
@@ -22,6 +25,11 @@ export interface SharedSlotStore extends SlotStore {
   ping(): Promise<void>;
   /** Registers a listener called when an established connection is lost. */
   onConnectionLost(listener: (error: Error) => void): void;
+  /**
+   * Announces this replica on the key and returns how many replicas announced themselves within
+   * the expiry (itself included); rejects when the store does not answer.
+   */
+  heartbeat(): Promise<number>;
 }
 
 /** How to reach one shared budget in Redis. */
@@ -54,11 +62,31 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 1000;
 /** Reconnect backoff: 100 ms, 200 ms, … capped at 1 s, so recovery is noticed within ~2 s. */
 const retryStrategy = (times: number): number => Math.min(times * 100, 1000);
 
+/**
+ * 8 ms: how late a replica may start after its reserved slot (its own lateness plus what it
+ * does not know about Redis's clock) and still start; later, it gives the slot up and reserves
+ * again. The schedule keeps this in hand: slots are `WIRE_MARGIN` (1 %) further apart than the
+ * limits require, i.e. 10 ms per second at any rate, so a start up to 8 ms late still leaves any
+ * 7 consecutive starts at 6/s (8 reserved at 8/s, …) more than a second apart on the wire. The
+ * window's length gets the tolerance added. Timers and a healthy event loop stay well inside it;
+ * a stall (CPU throttling, a GC pause, a frozen process) does not, and costs one slot.
+ */
+export const LATE_TOLERANCE_MS = 8;
+
+/**
+ * Every 2 s a replica announces itself on the key; an announcement counts for 6 s (three missed
+ * beats), so a replica that stopped leaves the count within 6 s and one slow beat does not.
+ */
+export const HEARTBEAT_INTERVAL_MS = 2000;
+export const HEARTBEAT_EXPIRY_MS = 3 * HEARTBEAT_INTERVAL_MS;
+
 const COMMAND = 'm2mProxyReserve';
+const HEARTBEAT = 'm2mProxyHeartbeat';
 
 /** The custom command that `defineCommand` adds at run time (EVALSHA, EVAL on NOSCRIPT). */
 interface ReserveCommander {
   [COMMAND](state: string, starts: string, ...args: string[]): Promise<unknown>;
+  [HEARTBEAT](replicas: string, id: string, expiryMs: string): Promise<unknown>;
 }
 
 /** A reservation with the Redis-time facts behind it (for tests, benches and debugging). */
@@ -94,12 +122,21 @@ export class RedisSlotStore implements SharedSlotStore {
   readonly #lostListeners: ((error: Error) => void)[] = [];
   /** Redis `TIME` − `performance.now()`, so reserved starts are released on Redis's clock. */
   readonly #offset = new ClockOffset();
+  readonly #replicasKey: string;
+  /** This process's name among the replicas on the key. */
+  readonly #id = randomUUID();
+  /**
+   * For the latest granted reservation: how much earlier than its release time the reserved
+   * instant may really have been on Redis's clock (the estimate's error, the rounding up).
+   */
+  #skewMs = 0;
   #closing = false;
   /** True once the first connection is ready: until then a call waits for the connect timeout. */
   #connectedOnce = false;
 
   constructor(options: RedisSlotStoreOptions) {
     this.#keys = reserveKeys(options.key);
+    this.#replicasKey = replicasKey(options.key);
     this.#limits = {
       perSecond: options.perSecond,
       burst: options.burst,
@@ -128,6 +165,7 @@ export class RedisSlotStore implements SharedSlotStore {
     if (this.#password !== undefined) redisOptions.password = this.#password;
     this.#client = new Redis(options.url, redisOptions);
     this.#client.defineCommand(COMMAND, { numberOfKeys: 2, lua: RESERVE_LUA });
+    this.#client.defineCommand(HEARTBEAT, { numberOfKeys: 1, lua: HEARTBEAT_LUA });
     const logger = options.logger;
     this.#client.on('error', (error: unknown) => {
       // ioredis reports every failed reconnect here; the one warn line comes from the fallback.
@@ -188,15 +226,56 @@ export class RedisSlotStore implements SharedSlotStore {
       received,
       reply.nowUs / 1000,
     );
+    const now = performance.now();
+    const delayMs = Math.max(0, Math.ceil(startLocal - now));
     const reservation: DetailedReservation = {
       granted: reply.granted,
       // Whole milliseconds, rounded up: a timer never fires before the reserved start.
-      delayMs: Math.max(0, Math.ceil(startLocal - performance.now())),
+      delayMs,
       startUs: reply.startUs,
       redisNowUs: reply.nowUs,
     };
+    if (reply.granted) {
+      // The pacer counts lateness from `now + delayMs`; the reserved instant may have been this
+      // much earlier (the clock estimate's error, the rounding up to whole milliseconds).
+      const earliest = this.#offset.earliestLocalTimeOf(
+        (reply.nowUs + reply.delayUs) / 1000,
+        began,
+        reply.nowUs / 1000,
+      );
+      this.#skewMs = Math.max(0, now + delayMs - earliest);
+    }
     if (reply.windowRemaining !== undefined) reservation.windowRemaining = reply.windowRemaining;
     return reservation;
+  }
+
+  /**
+   * See `SlotStore.mayStart`: on time when the lateness plus the clock's doubt is within
+   * `LATE_TOLERANCE_MS`; otherwise the slot is forfeited (counted) and the request reserves again.
+   */
+  mayStart(lateMs: number): boolean {
+    if (lateMs + this.#skewMs <= LATE_TOLERANCE_MS) return true;
+    this.#metrics.forfeits.inc();
+    return false;
+  }
+
+  /** See `SharedSlotStore.heartbeat`; rejects with `SharedBudgetError` on any Redis failure. */
+  async heartbeat(): Promise<number> {
+    try {
+      await this.#whenReady();
+      const raw = await this.#call(
+        (this.#client as unknown as ReserveCommander)[HEARTBEAT](
+          this.#replicasKey,
+          this.#id,
+          String(HEARTBEAT_EXPIRY_MS),
+        ),
+      );
+      if (typeof raw !== 'number' || !(raw >= 1)) throw new Error('unexpected heartbeat reply');
+      return raw;
+    } catch (error) {
+      this.#metrics.errors.inc();
+      throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
+    }
   }
 
   /** PING with the command timeout; rejects with `SharedBudgetError` when Redis does not answer. */

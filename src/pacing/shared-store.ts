@@ -6,7 +6,7 @@ import type { Logger } from '../log/logger.js';
 import { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { FallbackSlotStore } from './fallback-slot-store.js';
 import { slotLimits } from './local-slot-store.js';
-import { RedisSlotStore } from './redis-slot-store.js';
+import { LATE_TOLERANCE_MS, RedisSlotStore } from './redis-slot-store.js';
 import type { SlotLimits, SlotStore } from './types.js';
 
 /** `rateLimit` of the validated configuration. */
@@ -33,9 +33,19 @@ export interface SharedStoreDeps {
 }
 
 /**
- * The `SlotStore` for `rateLimit.shared` (issue 7): the fleet's budget in Redis, falling back to
- * `localStoreFactory(slotLimits(rateLimit, shared.fallback))` (`fallback` × the limits, never
- * rounded to "off") while Redis is unreachable. Registers the shared-budget metrics on
+ * The limits of the fleet's schedule in Redis: `slotLimits` (1 % apart beyond the rate, which
+ * covers a start up to `LATE_TOLERANCE_MS` late within any second) with the window lengthened by
+ * the tolerance, so a start that late also stays out of the window of the starts before it.
+ */
+export function sharedLimits(rateLimit: RateLimitConfig): SlotLimits {
+  const limits = slotLimits(rateLimit);
+  return { ...limits, windowMs: limits.windowMs + LATE_TOLERANCE_MS };
+}
+
+/**
+ * The `SlotStore` for `rateLimit.shared`: the fleet's budget in Redis, falling back to
+ * `localStoreFactory(slotLimits(rateLimit, share))` (this replica's share of the limits, never
+ * rounded to "off"; see `FallbackSlotStore`) while Redis is unreachable. Registers the shared-budget metrics on
  * `deps.registry`. Connects at once, in the background; throws only when the password file
  * cannot be read.
  */
@@ -52,7 +62,7 @@ export function createSharedStore(
     url: shared.redis,
     password,
     key: shared.key,
-    ...slotLimits(rateLimit),
+    ...sharedLimits(rateLimit),
     metrics,
     logger: deps.logger,
     commandTimeoutMs: deps.commandTimeoutMs,
@@ -60,7 +70,8 @@ export function createSharedStore(
   });
   return new FallbackSlotStore({
     shared: redis,
-    local: deps.localStoreFactory(slotLimits(rateLimit, shared.fallback)),
+    localFor: (share) => deps.localStoreFactory(slotLimits(rateLimit, share)),
+    fallback: shared.fallback,
     clock: deps.clock,
     logger: deps.logger,
     metrics,

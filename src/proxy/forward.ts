@@ -32,9 +32,22 @@ export interface Outgoing {
   replayOn401: (() => boolean) | undefined;
   /**
    * Called once per attempt: when the request is about to be written to a connected socket, or
-   * when the attempt ends without getting that far (the pacer counts starts on the wire).
+   * when the attempt ends without getting that far (the pacer counts starts on the wire). False
+   * before the write: the start came too late for its pacing slot, and the attempt ends with
+   * `SlotForfeited` instead of being written.
    */
-  onWire: () => void;
+  onWire: () => boolean;
+}
+
+/**
+ * The attempt was not written: it reached the socket too late for its pacing slot (the process
+ * stalled after the slot was granted). Nothing went upstream; the caller paces it again.
+ */
+export class SlotForfeited extends Error {
+  constructor() {
+    super('pacing slot forfeited: the request reached the socket too late for it');
+    this.name = 'SlotForfeited';
+  }
 }
 
 /** The cancellation reason of an upstream that took longer than `upstream.timeout`. */
@@ -128,7 +141,10 @@ class Exchange implements Dispatcher.DispatchHandler {
       return;
     }
     this.#abort = abort;
-    this.#onWire();
+    // The last step before undici writes the request, synchronously: a stall cannot come
+    // between this check and the bytes leaving. undici turns the throw into `onError` and
+    // leaves the connection open (nothing was written on it).
+    if (!this.#onWire()) throw new SlotForfeited();
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
@@ -172,17 +188,18 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#settled) return;
     this.#finish();
     const { cancel } = this;
-    if (cancel.reason === TIMED_OUT) this.reject(new ProxyError('upstream_timeout'));
+    if (err instanceof SlotForfeited) this.reject(err);
+    else if (cancel.reason === TIMED_OUT) this.reject(new ProxyError('upstream_timeout'));
     else if (cancel.cancelled) this.reject(cancel.reason);
     else if (this.#attempt)
       this.reject(err); // the response had begun: nothing to replace it
     else this.reject(new ProxyError('upstream_unreachable', undefined, { cause: err }));
   }
 
-  #onWire(): void {
-    if (this.#wired) return;
+  #onWire(): boolean {
+    if (this.#wired) return true;
     this.#wired = true;
-    this.out.onWire();
+    return this.out.onWire();
   }
 
   #finish(): void {

@@ -8,7 +8,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
 import { Cancellation } from './cancellation.js';
-import type { Forwarder, Outgoing } from './forward.js';
+import { type Attempt, type Forwarder, type Outgoing, SlotForfeited } from './forward.js';
 import { type RequestHead, rawHeader, requestHead, withBearer } from './headers.js';
 import { pathPrefix, upstreamPath } from './target.js';
 
@@ -50,7 +50,7 @@ export class ProxyHandler {
   #drained: (() => void) | undefined;
 
   /** Tells the pacer an attempt reached the wire (one function for every request). */
-  readonly #onWire: () => void;
+  readonly #onWire: () => boolean;
 
   constructor(private readonly deps: HandlerDeps) {
     this.#prefix = pathPrefix(new URL(deps.config.upstream.url));
@@ -178,7 +178,21 @@ export class ProxyHandler {
   ): Promise<{ delivered: boolean }> {
     const { metrics, clock, pacer } = this.deps;
     withBearer(outgoing.headers, token.reveal());
-    const attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+    let attempt: Attempt;
+    for (;;) {
+      try {
+        attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+        break;
+      } catch (err) {
+        if (!(err instanceof SlotForfeited)) throw err;
+        // Stalled between its pacing slot and the socket: nothing was sent; pace it again.
+        const again = await this.#slot(
+          clock.now() + this.deps.config.rateLimit.queue.timeout,
+          cancel,
+        );
+        withBearer(outgoing.headers, again.reveal());
+      }
+    }
     metrics.upstreamResponse(attempt.status);
     metrics.upstreamDuration.observe(attempt.headersAfter);
     if (attempt.status === 429 || attempt.status === 503) {
