@@ -18,6 +18,13 @@ export const DEFAULT_PROBE_INTERVAL_MS = 1000;
  */
 export const UNKNOWN_FLEET_SHARE = 0.1;
 
+/**
+ * 1 s: after a switch either way, the first start waits this long after the last start made on
+ * the other side (the fleet's schedule in Redis, or this replica's own budget). Neither side
+ * knows the other's starts; a second apart, no sliding second holds starts of both.
+ */
+export const SWITCH_HOLD_MS = 1000;
+
 /** What `FallbackSlotStore` is built from. */
 export interface FallbackSlotStoreOptions {
   /** The fleet's budget (Redis). */
@@ -71,6 +78,10 @@ export class FallbackSlotStore implements SlotStore {
   #replicas: number | undefined;
   #probeTimer: Timer | undefined;
   #heartbeatTimer: Timer | undefined;
+  /** Clock ms of the latest start granted on the current side; see `SWITCH_HOLD_MS`. */
+  #lastStartAt = Number.NEGATIVE_INFINITY;
+  /** Clock ms before which no start is granted, after a switch. */
+  #holdUntil = Number.NEGATIVE_INFINITY;
   #closed = false;
 
   constructor(options: FallbackSlotStoreOptions) {
@@ -110,16 +121,34 @@ export class FallbackSlotStore implements SlotStore {
   async reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation> {
     if (this.#up) {
       try {
-        const reservation = await this.#shared.reserve(maxDelayMs, notBeforeMs);
-        if (reservation.granted) this.#lastShared = true;
+        const reservation = await this.#shared.reserve(maxDelayMs, this.#notBefore(notBeforeMs));
+        if (reservation.granted) this.#granted(reservation, true);
         return reservation;
       } catch (error) {
         this.#markDown(error);
       }
     }
-    const reservation = await this.#localStore().reserve(maxDelayMs, notBeforeMs);
-    if (reservation.granted) this.#lastShared = false;
+    const reservation = await this.#localStore().reserve(maxDelayMs, this.#notBefore(notBeforeMs));
+    if (reservation.granted) this.#granted(reservation, false);
     return reservation;
+  }
+
+  #notBefore(notBeforeMs: number): number {
+    return Math.max(notBeforeMs, this.#holdUntil - this.#clock.now());
+  }
+
+  #granted(reservation: Reservation, shared: boolean): void {
+    this.#lastShared = shared;
+    this.#lastStartAt = this.#clock.now() + reservation.delayMs;
+  }
+
+  /** At a switch: the first start on the new side keeps `SWITCH_HOLD_MS` from the old side's. */
+  #hold(): void {
+    // Nothing granted yet (Redis down from the start): no start of this replica to keep away from.
+    if (this.#lastStartAt === Number.NEGATIVE_INFINITY) return;
+    // Leaving the shared side (now down): its latest start may be another replica's, up to now.
+    const last = this.#up ? this.#lastStartAt : Math.max(this.#lastStartAt, this.#clock.now());
+    this.#holdUntil = last + SWITCH_HOLD_MS;
   }
 
   /** See `SlotStore.mayStart`: asks the store that granted the latest reservation. */
@@ -152,6 +181,7 @@ export class FallbackSlotStore implements SlotStore {
   #markDown(error: unknown): void {
     if (this.#closed || !this.#up) return;
     this.#up = false;
+    this.#hold();
     this.#metrics.up.set(0);
     const share = this.share;
     this.#metrics.fallbackShare.set(share);
@@ -177,6 +207,7 @@ export class FallbackSlotStore implements SlotStore {
   #markUp(): void {
     if (this.#closed || this.#up) return;
     this.#up = true;
+    this.#hold();
     this.#metrics.up.set(1);
     this.#logger.info(
       { event: 'shared_budget_up', key: this.#key },

@@ -137,14 +137,17 @@ describe('shared budget falls back to local pacing while Redis is down', () => {
       expect(locals[0]?.limits).toMatchObject({ perSecond: 5 * 0.99, burst: 1, windowMax: 500 });
       expect(await metric(registry, 'm2m_proxy_shared_budget_up')).toBe(0);
       expect(await metric(registry, 'm2m_proxy_shared_budget_errors_total')).toBeGreaterThan(0);
-      const during = starts.filter((s) => s.at > downAt + 300 && !s.shared);
-      // 5/s alone: about 11 starts in the 2.2 s measured ...
-      expect(during.length).toBeGreaterThanOrEqual(9);
-      expect(during.length).toBeLessThanOrEqual(12);
+      // (A start reserved in Redis before the outage, ≤ 200 ms ahead, still goes at its time.)
+      const during = starts.filter((s) => !s.shared && s.at > downAt + 250);
+      // The first local start keeps a second from the fleet's schedule (no sliding second holds
+      // starts of both), then 5/s alone: about 8 starts in the 1.5 s left ...
+      expect(Math.min(...during.map((s) => s.at))).toBeGreaterThanOrEqual(downAt + 990);
+      expect(during.length).toBeGreaterThanOrEqual(5);
+      expect(during.length).toBeLessThanOrEqual(8);
       // ... reserved ≥ 200 ms apart (what the replica really did jitters with the timers).
       const reserved = locals[0]?.starts ?? [];
       const gaps = reserved.slice(1).map((t, i) => t - (reserved[i] ?? 0));
-      expect(reserved.length).toBeGreaterThanOrEqual(9);
+      expect(reserved.length).toBeGreaterThanOrEqual(5);
       expect(Math.min(...gaps)).toBeGreaterThanOrEqual(200);
     } finally {
       await redis.restart();
