@@ -38,6 +38,11 @@ export class ClockOffset {
     return Math.max(sentAt + (remoteAt - reading), remoteAt - this.#offsetMs - this.#boundMs);
   }
 
+  /** Adds one round trip (local send and receive times, the remote reading during it, ms). */
+  sample(sentAt: number, receivedAt: number, reading: number): void {
+    this.#add(sentAt, receivedAt, reading);
+  }
+
   #add(sentAt: number, receivedAt: number, remoteAt: number): void {
     const boundMs = (receivedAt - sentAt) / 2;
     if (boundMs <= this.#boundMs + (receivedAt - this.#at) * AGEING) {

@@ -25,6 +25,9 @@ export const UNKNOWN_FLEET_SHARE = 0.1;
  */
 export const SWITCH_HOLD_MS = 1000;
 
+/** Heartbeats sent 200 ms apart after start-up, before the regular interval. */
+const EARLY_BEATS = 5;
+
 /** What `FallbackSlotStore` is built from. */
 export interface FallbackSlotStoreOptions {
   /** The fleet's budget (Redis). */
@@ -78,6 +81,7 @@ export class FallbackSlotStore implements SlotStore {
   #replicas: number | undefined;
   #probeTimer: Timer | undefined;
   #heartbeatTimer: Timer | undefined;
+  #beats = 0;
   /** Clock ms of the latest start granted on the current side; see `SWITCH_HOLD_MS`. */
   #lastStartAt = Number.NEGATIVE_INFINITY;
   /** Clock ms before which no start is granted, after a switch. */
@@ -244,10 +248,17 @@ export class FallbackSlotStore implements SlotStore {
   async #heartbeat(): Promise<void> {
     if (this.#closed || !this.#up) return;
     if (this.#heartbeatTimer !== undefined) this.#clock.clearTimeout(this.#heartbeatTimer);
+    // The first beats come quickly: each is also a sample of Redis's clock, and a replica that
+    // has just started needs a good one before its first starts (see `LATE_TOLERANCE_MS`).
+    this.#beats++;
+    const delayMs =
+      this.#beats <= EARLY_BEATS
+        ? Math.min(200, this.#heartbeatIntervalMs)
+        : this.#heartbeatIntervalMs;
     this.#heartbeatTimer = this.#clock.setTimeout(() => {
       this.#heartbeatTimer = undefined;
       void this.#heartbeat();
-    }, this.#heartbeatIntervalMs);
+    }, delayMs);
     this.#heartbeatTimer.unref?.();
     try {
       const replicas = await this.#shared.heartbeat();

@@ -63,15 +63,15 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 1000;
 const retryStrategy = (times: number): number => Math.min(times * 100, 1000);
 
 /**
- * 8 ms: how late a replica may start after its reserved slot (its own lateness plus what it
+ * 10 ms: how late a replica may start after its reserved slot (its own lateness plus what it
  * does not know about Redis's clock) and still start; later, it gives the slot up and reserves
  * again. The schedule keeps this in hand: slots are `WIRE_MARGIN` (1 %) further apart than the
- * limits require, i.e. 10 ms per second at any rate, so a start up to 8 ms late still leaves any
- * 7 consecutive starts at 6/s (8 reserved at 8/s, …) more than a second apart on the wire. The
- * window's length gets the tolerance added. Timers and a healthy event loop stay well inside it;
+ * limits require, so `perSecond + burst` consecutive slots span at least 1010 ms, and with any
+ * of them up to 10 ms late they still span 1000 ms on the wire (0.99 × 1.01 < 1 makes this hold
+ * at any rate). The window's length gets the tolerance added. Timers and a healthy event loop stay well inside it;
  * a stall (CPU throttling, a GC pause, a frozen process) does not, and costs one slot.
  */
-export const LATE_TOLERANCE_MS = 8;
+export const LATE_TOLERANCE_MS = 10;
 
 /**
  * Every 2 s a replica announces itself on the key; an announcement counts for 6 s (three missed
@@ -120,6 +120,7 @@ export class RedisSlotStore implements SharedSlotStore {
   readonly #connectTimeoutMs: number;
   readonly #where: string;
   readonly #lostListeners: ((error: Error) => void)[] = [];
+  readonly #logger: Logger | undefined;
   /** Redis `TIME` − `performance.now()`, so reserved starts are released on Redis's clock. */
   readonly #offset = new ClockOffset();
   readonly #replicasKey: string;
@@ -167,6 +168,7 @@ export class RedisSlotStore implements SharedSlotStore {
     this.#client.defineCommand(COMMAND, { numberOfKeys: 2, lua: RESERVE_LUA });
     this.#client.defineCommand(HEARTBEAT, { numberOfKeys: 1, lua: HEARTBEAT_LUA });
     const logger = options.logger;
+    this.#logger = logger;
     this.#client.on('error', (error: unknown) => {
       // ioredis reports every failed reconnect here; the one warn line comes from the fallback.
       logger?.debug({
@@ -256,6 +258,11 @@ export class RedisSlotStore implements SharedSlotStore {
   mayStart(lateMs: number): boolean {
     if (lateMs + this.#skewMs <= LATE_TOLERANCE_MS) return true;
     this.#metrics.forfeits.inc();
+    this.#logger?.debug({
+      event: 'shared_slot_forfeited',
+      lateMs: Math.round(lateMs * 10) / 10,
+      clockDoubtMs: Math.round(this.#skewMs * 10) / 10,
+    });
     return false;
   }
 
@@ -263,6 +270,7 @@ export class RedisSlotStore implements SharedSlotStore {
   async heartbeat(): Promise<number> {
     try {
       await this.#whenReady();
+      const began = performance.now();
       const raw = await this.#call(
         (this.#client as unknown as ReserveCommander)[HEARTBEAT](
           this.#replicasKey,
@@ -270,8 +278,14 @@ export class RedisSlotStore implements SharedSlotStore {
           String(HEARTBEAT_EXPIRY_MS),
         ),
       );
-      if (typeof raw !== 'number' || !(raw >= 1)) throw new Error('unexpected heartbeat reply');
-      return raw;
+      const received = performance.now();
+      const [count, nowUs] = Array.isArray(raw) ? (raw as unknown[]) : [];
+      if (typeof count !== 'number' || !(count >= 1) || typeof nowUs !== 'number') {
+        throw new Error('unexpected heartbeat reply');
+      }
+      // A round trip made off the request path, often while idle: the best samples of the clock.
+      this.#offset.sample(began, received, nowUs / 1000);
+      return count;
     } catch (error) {
       this.#metrics.errors.inc();
       throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
