@@ -141,6 +141,8 @@ export interface StalledFleetOptions {
 
 export interface StalledFleetResult {
   measuredAt: 'wire' | 'upstream handler';
+  /** The arrival times measured (ms, ascending). */
+  times: number[];
   starts: number;
   statuses: number[];
   maxInAnySecond: number;
@@ -251,6 +253,11 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
     const packets = await wire?.stop();
     // One packet per request the upstream saw: the wire's record; otherwise the handler's.
     const onWire = packets !== undefined && packets.length === handler.length;
+    if (packets !== undefined && !onWire) {
+      console.warn(
+        `tcpdump saw ${packets.length} packets for ${handler.length} requests: not used`,
+      );
+    }
     const times = onWire ? packets : handler;
     const g = gaps(times);
     const span = (times.at(-1) ?? 0) - (times[0] ?? 0);
@@ -259,6 +266,7 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
     ).reduce((a, b) => a + b, 0);
     return {
       measuredAt: onWire ? 'wire' : 'upstream handler',
+      times,
       starts: times.length,
       statuses,
       maxInAnySecond: maxInSliding(times, 1000),
