@@ -46,19 +46,26 @@ console.log('|---|---|---|---|---|---|---|---|---|');
 let ok = 0;
 try {
   for (let run = 1; run <= runs; run++) {
-    const r = await runStalledFleet({
-      idp,
-      api,
-      redisUrl: redis.url,
-      authorizationFile,
-      makeConfig: (o) => proxyConfig(idp, api, 'client_secret_basic', { authorizationFile }, o),
-      key: `stalls:${randomUUID()}`,
-      replicas,
-      perReplica,
-      perSecond,
-      freezeMs,
-      everyMs,
-      seed: run * 7919 + replicas,
+    // A replica that cannot start (a port taken meanwhile by another process on a shared host)
+    // fails the run before any measurement: start it again, once.
+    const attempt = () =>
+      runStalledFleet({
+        idp,
+        api,
+        redisUrl: redis.url,
+        authorizationFile,
+        makeConfig: (o) => proxyConfig(idp, api, 'client_secret_basic', { authorizationFile }, o),
+        key: `stalls:${randomUUID()}`,
+        replicas,
+        perReplica,
+        perSecond,
+        freezeMs,
+        everyMs,
+        seed: run * 7919 + replicas,
+      });
+    const r = await attempt().catch((error: unknown) => {
+      console.log(`(run ${run}: ${String(error).split('\n')[0]}; started again)`);
+      return attempt();
     });
     const failed = r.statuses.filter((s) => s !== 200).length;
     if (r.maxInAnySecond <= perSecond && r.achievedShare >= 0.95 && failed === 0) ok++;
