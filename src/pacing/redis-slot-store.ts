@@ -131,6 +131,12 @@ export class RedisSlotStore implements SharedSlotStore {
    * instant may really have been on Redis's clock (the estimate's error, the rounding up).
    */
   #skewMs = 0;
+  /**
+   * `performance.now()` the latest granted reservation is released at. Lateness is also measured
+   * from here, on this store's clock: the caller's own reading of the release time is taken
+   * later, and a stall in between (a preempted or frozen process) would hide in it.
+   */
+  #releaseAt = Number.NEGATIVE_INFINITY;
   #closing = false;
   /** True once the first connection is ready: until then a call waits for the connect timeout. */
   #connectedOnce = false;
@@ -245,7 +251,8 @@ export class RedisSlotStore implements SharedSlotStore {
         began,
         reply.nowUs / 1000,
       );
-      this.#skewMs = Math.max(0, now + delayMs - earliest);
+      this.#releaseAt = now + delayMs;
+      this.#skewMs = Math.max(0, this.#releaseAt - earliest);
     }
     if (reply.windowRemaining !== undefined) reservation.windowRemaining = reply.windowRemaining;
     return reservation;
@@ -256,11 +263,12 @@ export class RedisSlotStore implements SharedSlotStore {
    * `LATE_TOLERANCE_MS`; otherwise the slot is forfeited (counted) and the request reserves again.
    */
   mayStart(lateMs: number): boolean {
-    if (lateMs + this.#skewMs <= LATE_TOLERANCE_MS) return true;
+    const late = Math.max(lateMs, performance.now() - this.#releaseAt);
+    if (late + this.#skewMs <= LATE_TOLERANCE_MS) return true;
     this.#metrics.forfeits.inc();
     this.#logger?.debug({
       event: 'shared_slot_forfeited',
-      lateMs: Math.round(lateMs * 10) / 10,
+      lateMs: Math.round(late * 10) / 10,
       clockDoubtMs: Math.round(this.#skewMs * 10) / 10,
     });
     return false;
