@@ -63,15 +63,16 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 1000;
 const retryStrategy = (times: number): number => Math.min(times * 100, 1000);
 
 /**
- * 10 ms: how late a replica may start after its reserved slot (its own lateness plus what it
+ * 25 ms: how late a replica may start after its reserved slot (its own lateness plus what it
  * does not know about Redis's clock) and still start; later, it gives the slot up and reserves
- * again. The schedule keeps this in hand: slots are `WIRE_MARGIN` (1 %) further apart than the
- * limits require, so `perSecond + burst` consecutive slots span at least 1010 ms, and with any
- * of them up to 10 ms late they still span 1000 ms on the wire (0.99 × 1.01 < 1 makes this hold
- * at any rate). The window's length gets the tolerance added. Timers and a healthy event loop stay well inside it;
- * a stall (CPU throttling, a GC pause, a frozen process) does not, and costs one slot.
+ * again. The schedule keeps this in hand: slots are `WIRE_MARGIN` (1 %, i.e. 10 ms per second)
+ * plus `(LATE_TOLERANCE_MS − 10 ms) / 1 s` (1.5 %) further apart than the limits require (see
+ * `sharedLimits`), so `perSecond + burst` consecutive slots span at least 1025 ms, and with any
+ * of them up to 25 ms late they still span 1000 ms on the wire. The window's length gets the
+ * tolerance added. 10 ms alone (no extra margin) forfeited too many slots on a busy host, where a
+ * process is often not scheduled for 10–20 ms.
  */
-export const LATE_TOLERANCE_MS = 10;
+export const LATE_TOLERANCE_MS = 25;
 
 /**
  * Every 2 s a replica announces itself on the key; an announcement counts for 6 s (three missed

@@ -5,7 +5,7 @@ import { readRedisPassword } from '../credentials/credentials.js';
 import type { Logger } from '../log/logger.js';
 import { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { FallbackSlotStore } from './fallback-slot-store.js';
-import { slotLimits } from './local-slot-store.js';
+import { slotLimits, WIRE_MARGIN } from './local-slot-store.js';
 import { LATE_TOLERANCE_MS, RedisSlotStore } from './redis-slot-store.js';
 import type { SlotLimits, SlotStore } from './types.js';
 
@@ -33,13 +33,19 @@ export interface SharedStoreDeps {
 }
 
 /**
- * The limits of the fleet's schedule in Redis: `slotLimits` (1 % apart beyond the rate, which
- * covers a start up to `LATE_TOLERANCE_MS` late within any second) with the window lengthened by
- * the tolerance, so a start that late also stays out of the window of the starts before it.
+ * The limits of the fleet's schedule in Redis: `slotLimits`, with starts further apart by what
+ * `LATE_TOLERANCE_MS` needs beyond `WIRE_MARGIN`, and the window lengthened by the tolerance, so
+ * a start that late stays within both limits on the wire.
  */
 export function sharedLimits(rateLimit: RateLimitConfig): SlotLimits {
   const limits = slotLimits(rateLimit);
-  return { ...limits, windowMs: limits.windowMs + LATE_TOLERANCE_MS };
+  // `WIRE_MARGIN` covers 10 ms of lateness per second; the rest of the tolerance is kept here.
+  const extraMs = Math.max(0, LATE_TOLERANCE_MS - WIRE_MARGIN * 1000);
+  return {
+    ...limits,
+    perSecond: (limits.perSecond * 1000) / (1000 + extraMs),
+    windowMs: limits.windowMs + LATE_TOLERANCE_MS,
+  };
 }
 
 /**
