@@ -63,7 +63,7 @@ const rateLimit = object({
     redis: url(['redis:', 'rediss:']),
     passwordFile: string().optionalKey(),
     key: string(),
-    fallback: number({ positive: true, max: 1 }).default(0.25),
+    fallback: number({ positive: true, max: 1 }).optionalKey(),
   }).optionalKey(),
 });
 

@@ -240,6 +240,12 @@ export class SharedBudgetMetrics {
   readonly errors: { inc(): void };
   /** Round trip of one successful reservation script (EVALSHA) in seconds. */
   readonly reserveDuration: { observe(seconds: number): void };
+  /** Replicas that announced themselves on the key within the heartbeat expiry (0 = not known yet). */
+  readonly replicas: { set(value: number): void };
+  /** The share of the limits this replica paces at alone while Redis is unreachable. */
+  readonly fallbackShare: { set(value: number): void };
+  /** Reserved starts given up because the replica reached them too late (a stall). */
+  readonly forfeits: { inc(): void };
 
   /**
    * The shared-budget metrics of `routes` (those drawing from one key), registered on `registry`
@@ -294,6 +300,41 @@ export class SharedBudgetMetrics {
     this.reserveDuration = {
       observe: (seconds) => {
         for (const child of durations) child.observe(seconds);
+      },
+    };
+    const gauge = (name: string, help: string) => {
+      const family =
+        (existing(name) as Gauge<'route'> | undefined) ??
+        new Gauge({ name, help, labelNames: ['route'], registers });
+      const children = routes.map((route) => family.labels({ route }));
+      return {
+        set: (value: number) => {
+          for (const child of children) child.set(value);
+        },
+      };
+    };
+    this.replicas = gauge(
+      'm2m_proxy_shared_budget_replicas',
+      'Replicas last seen on the shared budget key (heartbeats in Redis); 0 until first known.',
+    );
+    this.replicas.set(0);
+    this.fallbackShare = gauge(
+      'm2m_proxy_shared_budget_fallback_share',
+      'Share of the limits this replica paces at alone while Redis is unreachable (1 / replicas last seen, capped by rateLimit.shared.fallback).',
+    );
+    const forfeitFamily =
+      (existing('m2m_proxy_shared_budget_forfeits_total') as Counter<'route'> | undefined) ??
+      new Counter({
+        name: 'm2m_proxy_shared_budget_forfeits_total',
+        help: 'Starts reserved in the shared budget and given up because the replica reached them too late (a stall); the request reserves again.',
+        labelNames: ['route'],
+        registers,
+      });
+    const forfeitChildren = routes.map((route) => forfeitFamily.labels({ route }));
+    for (const child of forfeitChildren) child.inc(0);
+    this.forfeits = {
+      inc: () => {
+        for (const child of forfeitChildren) child.inc();
       },
     };
   }

@@ -28,6 +28,21 @@ export class ClockOffset {
     return Math.min(receivedAt + (remoteAt - reading), remoteAt - this.#offsetMs + this.#boundMs);
   }
 
+  /**
+   * The local time before which the remote clock had certainly not reached `remoteAt`, from the
+   * estimate after the latest `localTimeOf` and from that round trip (`sentAt`, `reading`): the
+   * other end of the interval `localTimeOf` bounds from above. Their difference is how early a
+   * start released at `localTimeOf` may really be relative to the remote instant.
+   */
+  earliestLocalTimeOf(remoteAt: number, sentAt: number, reading: number): number {
+    return Math.max(sentAt + (remoteAt - reading), remoteAt - this.#offsetMs - this.#boundMs);
+  }
+
+  /** Adds one round trip (local send and receive times, the remote reading during it, ms). */
+  sample(sentAt: number, receivedAt: number, reading: number): void {
+    this.#add(sentAt, receivedAt, reading);
+  }
+
   #add(sentAt: number, receivedAt: number, remoteAt: number): void {
     const boundMs = (receivedAt - sentAt) / 2;
     if (boundMs <= this.#boundMs + (receivedAt - this.#at) * AGEING) {

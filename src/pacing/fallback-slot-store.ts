@@ -2,7 +2,7 @@ import type { Clock, Timer } from '../clock.js';
 import type { Audit } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
-import type { SharedSlotStore } from './redis-slot-store.js';
+import { HEARTBEAT_INTERVAL_MS, type SharedSlotStore } from './redis-slot-store.js';
 import type { Reservation, SlotStore } from './types.js';
 
 /**
@@ -12,12 +12,34 @@ import type { Reservation, SlotStore } from './types.js';
  */
 export const DEFAULT_PROBE_INTERVAL_MS = 1000;
 
+/**
+ * The share a replica uses alone when Redis is unreachable from its start and `fallback` is not
+ * set: it has never seen how many replicas share the key, so it assumes ten. A fleet larger than
+ * that which must start during an outage sets `rateLimit.shared.fallback`.
+ */
+export const UNKNOWN_FLEET_SHARE = 0.1;
+
+/**
+ * 1 s: after a switch either way, the first start waits this long after the last start made on
+ * the other side (the fleet's schedule in Redis, or this replica's own budget). Neither side
+ * knows the other's starts; a second apart, no sliding second holds starts of both.
+ */
+export const SWITCH_HOLD_MS = 1000;
+
+/** Heartbeats sent 200 ms apart after start-up, before the regular interval. */
+const EARLY_BEATS = 5;
+
 /** What `FallbackSlotStore` is built from. */
 export interface FallbackSlotStoreOptions {
   /** The fleet's budget (Redis). */
   shared: SharedSlotStore;
-  /** This replica's own budget at `fallback` × the limits, used while `shared` is unreachable. */
-  local: SlotStore;
+  /**
+   * Builds this replica's own budget at `share` × the limits, used while `shared` is
+   * unreachable; called at each switch to local pacing, with the share known then.
+   */
+  localFor: (share: number) => SlotStore;
+  /** `rateLimit.shared.fallback`: the most a replica takes alone, whatever the replica count. */
+  fallback?: number | undefined;
   clock: Clock;
   logger: Logger;
   metrics: SharedBudgetMetrics;
@@ -26,44 +48,68 @@ export interface FallbackSlotStoreOptions {
   probeIntervalMs?: number | undefined;
   /** Records `shared_budget_lost` / `shared_budget_restored` in the audit trail. */
   audit?: Audit | undefined;
+  /** Between two announcements of this replica on the key; see `HEARTBEAT_INTERVAL_MS`. */
+  heartbeatIntervalMs?: number | undefined;
 }
 
 /**
  * Reserves in the shared budget while Redis answers and in a local budget while it does not
- * (docs/fleet.md, "When Redis is unreachable": no request fails because Redis is down).
+ * (no request fails because Redis is down), and keeps the fleet within the budget meanwhile.
  *
- * The first failed call (error, timeout or lost connection) switches to local pacing and logs
- * one `shared_budget_down` warning; the failed reservation is retried locally at once. While
- * down, Redis is probed every `probeIntervalMs`; the first answer switches back and logs one
- * `shared_budget_up`. Requests never call Redis while down, so an outage costs each of them
- * nothing.
+ * While up, the replica announces itself on the key every `heartbeatIntervalMs` and learns how
+ * many replicas share it. The first failed call (error, timeout or lost connection) switches to
+ * local pacing at this replica's share: 1 / the replicas last seen, never above `fallback` when
+ * set (`fallback`, or `UNKNOWN_FLEET_SHARE` without it, when none was ever seen), so N replicas
+ * that lose Redis together send at most the budget. The switch logs one `shared_budget_down`
+ * warning (with the share) and the failed reservation is retried locally at once. While down,
+ * Redis is probed every `probeIntervalMs`; the first answer switches back and logs one
+ * `shared_budget_up`. Requests never call Redis while down, so an outage costs them nothing.
+ * Both switches happen in `#markDown` and `#markUp` only.
  */
 export class FallbackSlotStore implements SlotStore {
   readonly #shared: SharedSlotStore;
-  readonly #local: SlotStore;
+  readonly #localFor: (share: number) => SlotStore;
+  readonly #fallback: number | undefined;
+  #local: SlotStore | undefined;
   readonly #clock: Clock;
   readonly #logger: Logger;
   readonly #metrics: SharedBudgetMetrics;
   readonly #key: string;
   readonly #probeIntervalMs: number;
   readonly #audit: Audit | undefined;
+  readonly #heartbeatIntervalMs: number;
   #up = true;
+  /** The latest granted reservation came from the shared budget (for `mayStart`, `started`). */
+  #lastShared = true;
+  /** Replicas on the key at the latest heartbeat; undefined until one answered. */
+  #replicas: number | undefined;
   #probeTimer: Timer | undefined;
+  #heartbeatTimer: Timer | undefined;
+  #beats = 0;
+  /** Clock ms of the latest start granted on the current side; see `SWITCH_HOLD_MS`. */
+  #lastStartAt = Number.NEGATIVE_INFINITY;
+  /** Clock ms before which no start is granted, after a switch. */
+  #holdUntil = Number.NEGATIVE_INFINITY;
   #closed = false;
 
   constructor(options: FallbackSlotStoreOptions) {
     this.#shared = options.shared;
-    this.#local = options.local;
+    this.#localFor = options.localFor;
+    this.#fallback = options.fallback;
     this.#clock = options.clock;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#key = options.key;
     this.#probeIntervalMs = options.probeIntervalMs ?? DEFAULT_PROBE_INTERVAL_MS;
     this.#audit = options.audit;
+    this.#heartbeatIntervalMs = options.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS;
     this.#metrics.up.set(1);
+    this.#metrics.replicas.set(0);
+    this.#metrics.fallbackShare.set(this.share);
     this.#shared.onConnectionLost((error) => this.#markDown(error));
     // Find out now rather than at the first request whether Redis is there, so the gauge is true.
     void this.#probe();
+    void this.#heartbeat();
   }
 
   /** True while reservations go to the shared budget. */
@@ -71,46 +117,115 @@ export class FallbackSlotStore implements SlotStore {
     return this.#up;
   }
 
+  /**
+   * The share of the limits this replica uses alone while Redis is unreachable: 1 / the replicas
+   * last seen on the key, at most `fallback`; `fallback` or `UNKNOWN_FLEET_SHARE` before any.
+   */
+  get share(): number {
+    const cap = this.#fallback ?? 1;
+    if (this.#replicas === undefined) return this.#fallback ?? UNKNOWN_FLEET_SHARE;
+    return Math.min(cap, 1 / this.#replicas);
+  }
+
   async reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation> {
     if (this.#up) {
       try {
-        return await this.#shared.reserve(maxDelayMs, notBeforeMs);
+        const reservation = await this.#shared.reserve(maxDelayMs, this.#notBefore(notBeforeMs));
+        if (reservation.granted) this.#granted(reservation, true);
+        return reservation;
       } catch (error) {
         this.#markDown(error);
       }
     }
-    return this.#local.reserve(maxDelayMs, notBeforeMs);
+    const reservation = await this.#localStore().reserve(maxDelayMs, this.#notBefore(notBeforeMs));
+    if (reservation.granted) this.#granted(reservation, false);
+    return reservation;
+  }
+
+  #notBefore(notBeforeMs: number): number {
+    return Math.max(notBeforeMs, this.#holdUntil - this.#clock.now());
+  }
+
+  #granted(reservation: Reservation, shared: boolean): void {
+    this.#lastShared = shared;
+    this.#lastStartAt = this.#clock.now() + reservation.delayMs;
+  }
+
+  /** At a switch: the first start on the new side keeps `SWITCH_HOLD_MS` from the old side's. */
+  #hold(): void {
+    // Nothing granted yet (Redis down from the start): no start of this replica to keep away from.
+    if (this.#lastStartAt === Number.NEGATIVE_INFINITY) return;
+    // Leaving the shared side (now down): its latest start may be another replica's, up to now.
+    const last = this.#up ? this.#lastStartAt : Math.max(this.#lastStartAt, this.#clock.now());
+    this.#holdUntil = last + SWITCH_HOLD_MS;
+  }
+
+  /** See `SlotStore.mayStart`: asks the store that granted the latest reservation. */
+  mayStart(lateMs: number): boolean {
+    const store = this.#lastShared ? this.#shared : this.#local;
+    return store?.mayStart?.(lateMs) ?? true;
+  }
+
+  /** See `SlotStore.started`: only the local store can move a recorded start. */
+  started(lateMs: number): void {
+    if (!this.#lastShared) this.#local?.started?.(lateMs);
   }
 
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#probeTimer !== undefined) this.#clock.clearTimeout(this.#probeTimer);
+    if (this.#heartbeatTimer !== undefined) this.#clock.clearTimeout(this.#heartbeatTimer);
     this.#probeTimer = undefined;
-    await Promise.all([this.#shared.close(), this.#local.close()]);
+    this.#heartbeatTimer = undefined;
+    await Promise.all([this.#shared.close(), this.#local?.close()]);
   }
 
+  /** The local budget; made at the share known when the first local reservation needs it. */
+  #localStore(): SlotStore {
+    this.#local ??= this.#localFor(this.share);
+    return this.#local;
+  }
+
+  // The switch to local pacing: the one place it happens (log line, gauges, new local budget).
   #markDown(error: unknown): void {
     if (this.#closed || !this.#up) return;
     this.#up = false;
+    this.#hold();
     this.#metrics.up.set(0);
     const reason = error instanceof Error ? error.message : String(error);
+    const share = this.share;
+    this.#metrics.fallbackShare.set(share);
+    // A fresh local budget at the share known now (the fleet may have grown or shrunk since the
+    // previous outage).
+    const previous = this.#local;
+    this.#local = this.#localFor(share);
+    void previous?.close();
     this.#logger.warn(
-      { event: 'shared_budget_down', key: this.#key, reason },
-      'shared pacing budget unreachable: pacing locally at the fallback share of the limits',
+      {
+        event: 'shared_budget_down',
+        key: this.#key,
+        share,
+        replicas: this.#replicas ?? null,
+        reason,
+      },
+      "shared pacing budget unreachable: pacing locally at this replica's share of the limits",
     );
     this.#audit?.sharedBudgetLost(this.#key, reason);
     this.#scheduleProbe();
   }
 
+  // The switch back to the shared budget: the one place it happens.
   #markUp(): void {
     if (this.#closed || this.#up) return;
     this.#up = true;
+    this.#hold();
     this.#metrics.up.set(1);
     this.#logger.info(
       { event: 'shared_budget_up', key: this.#key },
       'shared pacing budget reachable again: pacing with the fleet',
     );
     this.#audit?.sharedBudgetRestored(this.#key);
+    void this.#heartbeat();
   }
 
   #scheduleProbe(): void {
@@ -130,6 +245,37 @@ export class FallbackSlotStore implements SlotStore {
     } catch (error) {
       if (this.#up) this.#markDown(error);
       else this.#scheduleProbe();
+    }
+  }
+
+  /**
+   * Announces this replica and reads the replica count, then beats again after the interval
+   * while Redis is in use (the probe restarts it after an outage). A failed beat changes nothing:
+   * reservations and probes decide whether Redis is down, and the count last seen stays.
+   */
+  async #heartbeat(): Promise<void> {
+    if (this.#closed || !this.#up) return;
+    if (this.#heartbeatTimer !== undefined) this.#clock.clearTimeout(this.#heartbeatTimer);
+    // The first beats come quickly: each is also a sample of Redis's clock, and a replica that
+    // has just started needs a good one before its first starts (see `LATE_TOLERANCE_MS`).
+    this.#beats++;
+    const delayMs =
+      this.#beats <= EARLY_BEATS
+        ? Math.min(200, this.#heartbeatIntervalMs)
+        : this.#heartbeatIntervalMs;
+    this.#heartbeatTimer = this.#clock.setTimeout(() => {
+      this.#heartbeatTimer = undefined;
+      void this.#heartbeat();
+    }, delayMs);
+    this.#heartbeatTimer.unref?.();
+    try {
+      const replicas = await this.#shared.heartbeat();
+      if (this.#closed || !this.#up) return;
+      this.#replicas = replicas;
+      this.#metrics.replicas.set(replicas);
+      this.#metrics.fallbackShare.set(this.share);
+    } catch {
+      // Counted in m2m_proxy_shared_budget_errors_total by the store.
     }
   }
 }

@@ -215,6 +215,8 @@ export class QueuePacer extends BasePacer implements Pacer {
   private unconfirmed = false;
   /** Clock ms the latest start is recorded at (moved by `sent` when it went out late). */
   private recordedAt = Number.NEGATIVE_INFINITY;
+  /** Clock ms of the latest start's reserved slot, for the store's lateness check (`sent`). */
+  private slotAt = Number.NEGATIVE_INFINITY;
   private wakeConfirmed: (() => void) | undefined;
 
   constructor(options: QueuePacerOptions) {
@@ -247,7 +249,27 @@ export class QueuePacer extends BasePacer implements Pacer {
    * one arriving after `SENT_WAIT_MAX_MS` gave up on it confirms the next start instead, which
    * can then be followed before it is on the wire (only after a handshake that took over 1 s).
    */
-  sent(): void {
+  sent(): boolean {
+    if (!this.unconfirmed) return true;
+    this.unconfirmed = false;
+    const now = this.clock.now();
+    // The last check before the write: a stall after the slot was granted (between the pacer
+    // and the socket: the token, a connection, the dispatch) makes the start too late for a
+    // shared schedule, and it is given up rather than sent close behind another replica's.
+    const onTime = this.store.mayStart?.(now - this.slotAt) !== false;
+    if (onTime) {
+      const lateMs = now - this.recordedAt;
+      if (lateMs > TIMER_SLACK_MS) this.store.started?.(lateMs);
+    }
+    this.wakeConfirmed?.();
+    return onTime;
+  }
+
+  /**
+   * No confirmation within `SENT_WAIT_MAX_MS`: the start counts as sent now (recorded as late as
+   * that), without the lateness check, which is for a start about to be written.
+   */
+  private assumeSent(): void {
     if (!this.unconfirmed) return;
     this.unconfirmed = false;
     const lateMs = this.clock.now() - this.recordedAt;
@@ -411,12 +433,16 @@ export class QueuePacer extends BasePacer implements Pacer {
         // An upstream pause that arrived while waiting: the reserved slot is left unused (it
         // stays counted: safe side) and a new one is reserved after the pause.
         if (this.pausedUntil > this.clock.now()) continue;
+        const lateMs = this.clock.now() - reservedAt;
+        // Too late for a shared schedule (a stall while waiting for the slot): the slot is given
+        // up and the head reserves again; the fleet's next starts were planned around it.
+        if (this.store.mayStart?.(Math.max(0, lateMs)) === false) continue;
         // Started late (a stall): record the real start, or the next slot, already due, would
         // follow it closer than the limits allow.
-        const lateMs = this.clock.now() - reservedAt;
         if (lateMs > TIMER_SLACK_MS) this.store.started?.(lateMs);
         if (this.confirmStarts) {
           this.unconfirmed = true;
+          this.slotAt = reservedAt;
           this.recordedAt = Math.max(reservedAt, this.clock.now());
         }
         this.start(entry);
@@ -466,7 +492,7 @@ export class QueuePacer extends BasePacer implements Pacer {
    */
   private untilConfirmed(): Promise<void> {
     return new Promise<void>((resolve) => {
-      const timer = this.clock.setTimeout(() => this.sent(), SENT_WAIT_MAX_MS);
+      const timer = this.clock.setTimeout(() => this.assumeSent(), SENT_WAIT_MAX_MS);
       const done = () => {
         this.clock.clearTimeout(timer);
         this.wakeConfirmed = undefined;
@@ -511,8 +537,10 @@ export class PassThroughPacer extends BasePacer implements Pacer {
     this.store = options.store;
   }
 
-  /** Nothing is paced, so nothing waits for a start to be confirmed. */
-  sent(): void {}
+  /** Nothing is paced, so nothing waits for a start to be confirmed, and no start is late. */
+  sent(): boolean {
+    return true;
+  }
 
   /** Pacing is off: a request starts at once unless the pacer is closed or paused. */
   tryAcquireNow(): boolean {

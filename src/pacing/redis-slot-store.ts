@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { inspect } from 'node:util';
 import { Redis, type RedisOptions } from 'ioredis';
@@ -5,9 +6,11 @@ import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { ClockOffset } from './clock-offset.js';
 import {
+  HEARTBEAT_LUA,
   parseReserveReply,
   RESERVE_LUA,
   type ReserveReply,
+  replicasKey,
   reserveArgs,
   reserveKeys,
 } from './reserve-script.js';
@@ -22,6 +25,11 @@ export interface SharedSlotStore extends SlotStore {
   ping(): Promise<void>;
   /** Registers a listener called when an established connection is lost. */
   onConnectionLost(listener: (error: Error) => void): void;
+  /**
+   * Announces this replica on the key and returns how many replicas announced themselves within
+   * the expiry (itself included); rejects when the store does not answer.
+   */
+  heartbeat(): Promise<number>;
 }
 
 /** How to reach one shared budget in Redis. */
@@ -54,11 +62,32 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 1000;
 /** Reconnect backoff: 100 ms, 200 ms, … capped at 1 s, so recovery is noticed within ~2 s. */
 const retryStrategy = (times: number): number => Math.min(times * 100, 1000);
 
+/**
+ * 25 ms: how late a replica may start after its reserved slot (its own lateness plus what it
+ * does not know about Redis's clock) and still start; later, it gives the slot up and reserves
+ * again. The schedule keeps this in hand: slots are `WIRE_MARGIN` (1 %, i.e. 10 ms per second)
+ * plus `(LATE_TOLERANCE_MS − 10 ms) / 1 s` (1.5 %) further apart than the limits require (see
+ * `sharedLimits`), so `perSecond + burst` consecutive slots span at least 1025 ms, and with any
+ * of them up to 25 ms late they still span 1000 ms on the wire. The window's length gets the
+ * tolerance added. 10 ms alone (no extra margin) forfeited too many slots on a busy host, where a
+ * process is often not scheduled for 10–20 ms.
+ */
+export const LATE_TOLERANCE_MS = 25;
+
+/**
+ * Every 2 s a replica announces itself on the key; an announcement counts for 6 s (three missed
+ * beats), so a replica that stopped leaves the count within 6 s and one slow beat does not.
+ */
+export const HEARTBEAT_INTERVAL_MS = 2000;
+export const HEARTBEAT_EXPIRY_MS = 3 * HEARTBEAT_INTERVAL_MS;
+
 const COMMAND = 'm2mProxyReserve';
+const HEARTBEAT = 'm2mProxyHeartbeat';
 
 /** The custom command that `defineCommand` adds at run time (EVALSHA, EVAL on NOSCRIPT). */
 interface ReserveCommander {
   [COMMAND](state: string, starts: string, ...args: string[]): Promise<unknown>;
+  [HEARTBEAT](replicas: string, id: string, expiryMs: string): Promise<unknown>;
 }
 
 /** A reservation with the Redis-time facts behind it (for tests, benches and debugging). */
@@ -92,14 +121,30 @@ export class RedisSlotStore implements SharedSlotStore {
   readonly #connectTimeoutMs: number;
   readonly #where: string;
   readonly #lostListeners: ((error: Error) => void)[] = [];
+  readonly #logger: Logger | undefined;
   /** Redis `TIME` − `performance.now()`, so reserved starts are released on Redis's clock. */
   readonly #offset = new ClockOffset();
+  readonly #replicasKey: string;
+  /** This process's name among the replicas on the key. */
+  readonly #id = randomUUID();
+  /**
+   * For the latest granted reservation: how much earlier than its release time the reserved
+   * instant may really have been on Redis's clock (the estimate's error, the rounding up).
+   */
+  #skewMs = 0;
+  /**
+   * `performance.now()` the latest granted reservation is released at. Lateness is also measured
+   * from here, on this store's clock: the caller's own reading of the release time is taken
+   * later, and a stall in between (a preempted or frozen process) would hide in it.
+   */
+  #releaseAt = Number.NEGATIVE_INFINITY;
   #closing = false;
   /** True once the first connection is ready: until then a call waits for the connect timeout. */
   #connectedOnce = false;
 
   constructor(options: RedisSlotStoreOptions) {
     this.#keys = reserveKeys(options.key);
+    this.#replicasKey = replicasKey(options.key);
     this.#limits = {
       perSecond: options.perSecond,
       burst: options.burst,
@@ -128,7 +173,9 @@ export class RedisSlotStore implements SharedSlotStore {
     if (this.#password !== undefined) redisOptions.password = this.#password;
     this.#client = new Redis(options.url, redisOptions);
     this.#client.defineCommand(COMMAND, { numberOfKeys: 2, lua: RESERVE_LUA });
+    this.#client.defineCommand(HEARTBEAT, { numberOfKeys: 1, lua: HEARTBEAT_LUA });
     const logger = options.logger;
+    this.#logger = logger;
     this.#client.on('error', (error: unknown) => {
       // ioredis reports every failed reconnect here; the one warn line comes from the fallback.
       logger?.debug({
@@ -188,15 +235,70 @@ export class RedisSlotStore implements SharedSlotStore {
       received,
       reply.nowUs / 1000,
     );
+    const now = performance.now();
+    const delayMs = Math.max(0, Math.ceil(startLocal - now));
     const reservation: DetailedReservation = {
       granted: reply.granted,
       // Whole milliseconds, rounded up: a timer never fires before the reserved start.
-      delayMs: Math.max(0, Math.ceil(startLocal - performance.now())),
+      delayMs,
       startUs: reply.startUs,
       redisNowUs: reply.nowUs,
     };
+    if (reply.granted) {
+      // The pacer counts lateness from `now + delayMs`; the reserved instant may have been this
+      // much earlier (the clock estimate's error, the rounding up to whole milliseconds).
+      const earliest = this.#offset.earliestLocalTimeOf(
+        (reply.nowUs + reply.delayUs) / 1000,
+        began,
+        reply.nowUs / 1000,
+      );
+      this.#releaseAt = now + delayMs;
+      this.#skewMs = Math.max(0, this.#releaseAt - earliest);
+    }
     if (reply.windowRemaining !== undefined) reservation.windowRemaining = reply.windowRemaining;
     return reservation;
+  }
+
+  /**
+   * See `SlotStore.mayStart`: on time when the lateness plus the clock's doubt is within
+   * `LATE_TOLERANCE_MS`; otherwise the slot is forfeited (counted) and the request reserves again.
+   */
+  mayStart(lateMs: number): boolean {
+    const late = Math.max(lateMs, performance.now() - this.#releaseAt);
+    if (late + this.#skewMs <= LATE_TOLERANCE_MS) return true;
+    this.#metrics.forfeits.inc();
+    this.#logger?.debug({
+      event: 'shared_slot_forfeited',
+      lateMs: Math.round(late * 10) / 10,
+      clockDoubtMs: Math.round(this.#skewMs * 10) / 10,
+    });
+    return false;
+  }
+
+  /** See `SharedSlotStore.heartbeat`; rejects with `SharedBudgetError` on any Redis failure. */
+  async heartbeat(): Promise<number> {
+    try {
+      await this.#whenReady();
+      const began = performance.now();
+      const raw = await this.#call(
+        (this.#client as unknown as ReserveCommander)[HEARTBEAT](
+          this.#replicasKey,
+          this.#id,
+          String(HEARTBEAT_EXPIRY_MS),
+        ),
+      );
+      const received = performance.now();
+      const [count, nowUs] = Array.isArray(raw) ? (raw as unknown[]) : [];
+      if (typeof count !== 'number' || !(count >= 1) || typeof nowUs !== 'number') {
+        throw new Error('unexpected heartbeat reply');
+      }
+      // A round trip made off the request path, often while idle: the best samples of the clock.
+      this.#offset.sample(began, received, nowUs / 1000);
+      return count;
+    } catch (error) {
+      this.#metrics.errors.inc();
+      throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
+    }
   }
 
   /** PING with the command timeout; rejects with `SharedBudgetError` when Redis does not answer. */

@@ -134,6 +134,27 @@ export function reserveKeys(key: string): [state: string, starts: string] {
   return [`{${key}}:state`, `{${key}}:starts`];
 }
 
+/**
+ * The replicas' announcements: KEYS[1] is the sorted set `{key}:replicas` (member = a replica's
+ * random id, score = Redis `TIME` in ms of its latest heartbeat); ARGV: id, expiry in ms. Adds or
+ * refreshes the caller, drops the expired, keeps the key alive for one expiry. Returns {count,
+ * Redis `TIME` in µs}: the time also refines the replica's estimate of Redis's clock.
+ */
+export const HEARTBEAT_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - expiry)
+redis.call('PEXPIRE', KEYS[1], expiry)
+return {redis.call('ZCARD', KEYS[1]), tonumber(t[1]) * 1000000 + tonumber(t[2])}
+`;
+
+/** The key of the replicas' announcements, in the budget's Redis Cluster slot. */
+export function replicasKey(key: string): string {
+  return `{${key}}:replicas`;
+}
+
 /** The script's ARGV for one reservation (all integers except the interval, which is exact). */
 export function reserveArgs(limits: SlotLimits, maxDelayMs: number, notBeforeMs: number): string[] {
   const intervalUs = limits.perSecond > 0 ? 1_000_000 / limits.perSecond : 0;

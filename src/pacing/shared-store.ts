@@ -6,8 +6,8 @@ import type { Audit } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { FallbackSlotStore } from './fallback-slot-store.js';
-import { slotLimits } from './local-slot-store.js';
-import { RedisSlotStore } from './redis-slot-store.js';
+import { slotLimits, WIRE_MARGIN } from './local-slot-store.js';
+import { LATE_TOLERANCE_MS, RedisSlotStore } from './redis-slot-store.js';
 import type { SlotLimits, SlotStore } from './types.js';
 
 /** `rateLimit` of the validated configuration. */
@@ -38,9 +38,25 @@ export interface SharedStoreDeps {
 }
 
 /**
- * The `SlotStore` for `rateLimit.shared` (docs/fleet.md): the fleet's budget in Redis, falling back to
- * `localStoreFactory(slotLimits(rateLimit, shared.fallback))` (`fallback` × the limits, never
- * rounded to "off") while Redis is unreachable. Registers the shared-budget metrics on
+ * The limits of the fleet's schedule in Redis: `slotLimits`, with starts further apart by what
+ * `LATE_TOLERANCE_MS` needs beyond `WIRE_MARGIN`, and the window lengthened by the tolerance, so
+ * a start that late stays within both limits on the wire.
+ */
+export function sharedLimits(rateLimit: RateLimitConfig): SlotLimits {
+  const limits = slotLimits(rateLimit);
+  // `WIRE_MARGIN` covers 10 ms of lateness per second; the rest of the tolerance is kept here.
+  const extraMs = Math.max(0, LATE_TOLERANCE_MS - WIRE_MARGIN * 1000);
+  return {
+    ...limits,
+    perSecond: (limits.perSecond * 1000) / (1000 + extraMs),
+    windowMs: limits.windowMs + LATE_TOLERANCE_MS,
+  };
+}
+
+/**
+ * The `SlotStore` for `rateLimit.shared`: the fleet's budget in Redis, falling back to
+ * `localStoreFactory(slotLimits(rateLimit, share))` (this replica's share of the limits, never
+ * rounded to "off"; see `FallbackSlotStore`) while Redis is unreachable. Registers the shared-budget metrics on
  * `deps.registry`. Connects at once, in the background; throws only when the password file
  * cannot be read.
  */
@@ -57,7 +73,7 @@ export function createSharedStore(
     url: shared.redis,
     password,
     key: shared.key,
-    ...slotLimits(rateLimit),
+    ...sharedLimits(rateLimit),
     metrics,
     logger: deps.logger,
     commandTimeoutMs: deps.commandTimeoutMs,
@@ -65,7 +81,8 @@ export function createSharedStore(
   });
   return new FallbackSlotStore({
     shared: redis,
-    local: deps.localStoreFactory(slotLimits(rateLimit, shared.fallback)),
+    localFor: (share) => deps.localStoreFactory(slotLimits(rateLimit, share)),
+    fallback: shared.fallback,
     clock: deps.clock,
     logger: deps.logger,
     metrics,

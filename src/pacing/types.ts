@@ -35,8 +35,13 @@ export interface Pacer {
    * once per granted start (`acquire` resolved, `tryAcquireNow` true). Limits are on what the
    * upstream sees, and the way from the slot to the wire can take a connection handshake; the
    * next start is reserved only after this, counted from the real send time.
+   *
+   * Returns false when the start reached the wire too late for its slot in a shared budget (the
+   * process stalled between the slot and the write): the slot is forfeited, the request must NOT
+   * be written, and the caller acquires again. Called from the last synchronous step before the
+   * write, so no stall can come between this check and the bytes leaving.
    */
-  sent(): void;
+  sent(): boolean;
   /** An upstream `Retry-After`: no request starts before `until` (clock ms), capped by the pacer. */
   pauseUntil(until: number): void;
   /** Requests currently waiting (for `ready` or for a slot). */
@@ -88,6 +93,14 @@ export interface SlotStore {
    * start there is the safe side of the fleet's budget only up to the lateness.)
    */
   started?(lateMs: number): void;
+  /**
+   * Optional: may the request holding the latest granted reservation still start, `lateMs` after
+   * its reserved time? A shared store answers false when the lateness (plus what the store does
+   * not know about its own clock) exceeds the tolerance the fleet's schedule keeps in hand: the
+   * other replicas' slots were handed out on the assumption that this one goes on time, so it
+   * must give its slot up and reserve again. Absent or true: start.
+   */
+  mayStart?(lateMs: number): boolean;
   /** Releases connections and timers. */
   close(): Promise<void>;
 }

@@ -35,11 +35,24 @@ export interface Outgoing {
   replayOn401: (() => boolean) | undefined;
   /**
    * Called once per attempt: when the request is about to be written to a connected socket, or
-   * when the attempt ends without getting that far (the pacer counts starts on the wire).
+   * when the attempt ends without getting that far (the pacer counts starts on the wire). False
+   * before the write: the start came too late for its pacing slot, and the attempt ends with
+   * `SlotForfeited` instead of being written.
    */
-  onWire: () => void;
+  onWire: () => boolean;
   /** Counts body bytes for the access log and spans; absent when neither is on. */
   stats?: TransferStats | undefined;
+}
+
+/**
+ * The attempt was not written: it reached the socket too late for its pacing slot (the process
+ * stalled after the slot was granted). Nothing went upstream; the caller paces it again.
+ */
+export class SlotForfeited extends Error {
+  constructor() {
+    super('pacing slot forfeited: the request reached the socket too late for it');
+    this.name = 'SlotForfeited';
+  }
 }
 
 /**
@@ -164,7 +177,10 @@ class Exchange implements Dispatcher.DispatchHandler {
       return;
     }
     this.#abort = abort;
-    this.#onWire();
+    // The last step before undici writes the request, synchronously: a stall cannot come
+    // between this check and the bytes leaving. undici turns the throw into `onError` and
+    // leaves the connection open (nothing was written on it).
+    if (!this.#onWire()) throw new SlotForfeited();
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
@@ -224,17 +240,18 @@ class Exchange implements Dispatcher.DispatchHandler {
       (!cancel.cancelled && TIMEOUT_CODES.has((err as { code?: string } | undefined)?.code ?? ''));
     // A timeout is a timeout whichever timer saw it first: the class of the answer must not
     // depend on which of two timers set to the same instant fires first.
-    if (timedOut) this.reject(new ProxyError('upstream_timeout'));
+    if (err instanceof SlotForfeited) this.reject(err);
+    else if (timedOut) this.reject(new ProxyError('upstream_timeout'));
     else if (cancel.cancelled) this.reject(cancel.reason);
     else if (this.#attempt)
       this.reject(err); // the response had begun: nothing to replace it
     else this.reject(new ProxyError('upstream_unreachable', undefined, { cause: err }));
   }
 
-  #onWire(): void {
-    if (this.#wired) return;
+  #onWire(): boolean {
+    if (this.#wired) return true;
     this.#wired = true;
-    this.out.onWire();
+    return this.out.onWire();
   }
 
   #finish(): void {

@@ -9,7 +9,7 @@ import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
 import type { RequestObservation, RequestObserver } from '../tracing/types.js';
 import { Cancellation } from './cancellation.js';
-import type { Attempt, Forwarder, Outgoing } from './forward.js';
+import { type Attempt, type Forwarder, type Outgoing, SlotForfeited } from './forward.js';
 import { type RequestHead, rawHeader, requestHead, withBearer } from './headers.js';
 import { pathPrefix, upstreamPath } from './target.js';
 
@@ -63,7 +63,7 @@ export class ProxyHandler {
   #drained: (() => void) | undefined;
 
   /** Tells the pacer an attempt reached the wire (one function for every request). */
-  readonly #onWire: () => void;
+  readonly #onWire: () => boolean;
 
   constructor(private readonly deps: HandlerDeps) {
     this.#prefix = pathPrefix(new URL(deps.config.upstream.url));
@@ -229,19 +229,33 @@ export class ProxyHandler {
     const { metrics, clock, pacer } = this.deps;
     withBearer(outgoing.headers, token.reveal());
     let attempt: Attempt;
-    if (observed) {
-      observed.attemptStarted(outgoing.headers);
-      attempt = await this.deps.forwarder.send(outgoing, res, cancel).then(
-        (a) => {
-          observed.attemptEnded(a.status);
-          return a;
-        },
-        (err: unknown) => {
-          observed.attemptEnded(undefined, err);
-          throw err;
-        },
-      );
-    } else attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+    for (;;) {
+      try {
+        if (observed) {
+          observed.attemptStarted(outgoing.headers);
+          attempt = await this.deps.forwarder.send(outgoing, res, cancel).then(
+            (a) => {
+              observed.attemptEnded(a.status);
+              return a;
+            },
+            (err: unknown) => {
+              observed.attemptEnded(undefined, err);
+              throw err;
+            },
+          );
+        } else attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+        break;
+      } catch (err) {
+        if (!(err instanceof SlotForfeited)) throw err;
+        // Stalled between its pacing slot and the socket: nothing was sent; pace it again.
+        const again = await this.#slot(
+          clock.now() + this.deps.config.rateLimit.queue.timeout,
+          cancel,
+          undefined,
+        );
+        withBearer(outgoing.headers, again.reveal());
+      }
+    }
     if (attempt.status !== 401) this.deps.tokens.accepted(token);
     // A 401 that goes back to the client (a streamed body, or the replay's own 401) still renews
     // the token: at once if it had worked, else within the 401 backoff (the manager decides).

@@ -140,6 +140,16 @@ async function sharedBudgetUp(proxy: ProxyProcess): Promise<number> {
   return match ? Number(match[1]) : Number.NaN;
 }
 
+/** Slots the replicas gave up because they reached them too late (`..._forfeits_total`). */
+async function forfeits(fleet: ProxyProcess[]): Promise<number> {
+  let sum = 0;
+  for (const proxy of fleet) {
+    const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
+    sum += Number(/^m2m_proxy_shared_budget_forfeits_total (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
+  }
+  return sum;
+}
+
 async function until(condition: () => Promise<boolean>, ms: number): Promise<void> {
   const end = Date.now() + ms;
   while (!(await condition())) {
@@ -240,6 +250,8 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
       window: { max: windowMax, length: `${windowMs}ms` },
     });
     const tags = fleet.map((_, i) => `one-key-${i}-${randomUUID()}`);
+    // (The warm-ups' reservations were deleted; so are their forfeits from the count.)
+    const forfeitedBefore = await forfeits(fleet);
     const reservations = watchReservations(key);
 
     const statuses = await burst(
@@ -252,7 +264,9 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     for (const proxy of fleet) expect(switches(proxy)).toEqual([]);
     // The budget, exactly: every start reserved in Redis, within both limits to the microsecond.
     const reserved = await reservations.stop();
-    expect(reserved).toHaveLength(total);
+    // Every start, plus the slots given up by a replica that reached them too late (a stall on a
+    // busy host): those stay recorded, unused.
+    expect(reserved).toHaveLength(total + (await forfeits(fleet)) - forfeitedBefore);
     const reservedPerSecond = maxInSliding(reserved, 1_000_000);
     const reservedPerWindow = maxInSliding(reserved, windowMs * 1000);
     expect(reservedPerSecond).toBeLessThanOrEqual(perSecond);
@@ -291,6 +305,7 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     const keys = [`fleet:a:${randomUUID()}`, `fleet:b:${randomUUID()}`];
     const fleets = await Promise.all(keys.map((key) => startFleet(key, 2, limits)));
     const tags = fleets.map((fleet) => fleet.map(() => `two-keys-${randomUUID()}`));
+    const forfeitedBefore = await Promise.all(fleets.map(forfeits));
 
     const statuses = await burst(
       fleets.flatMap((fleet, k) => fleet.map((proxy, i) => ({ proxy, tag: tags[k]?.[i] ?? '' }))),
@@ -303,7 +318,9 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     const rates = byKey.map(ratePerSecond);
     for (const [k, times] of byKey.entries()) {
       const reserved = await readReserved(keys[k] ?? '');
-      expect(reserved).toHaveLength(20);
+      expect(reserved).toHaveLength(
+        20 + (await forfeits(fleets[k] ?? [])) - (forfeitedBefore[k] ?? 0),
+      );
       expect(maxInSliding(reserved, 1_000_000)).toBeLessThanOrEqual(6);
       expect(times).toHaveLength(20);
       expect(maxInSliding(times, 1000 - JITTER_MS)).toBeLessThanOrEqual(6);

@@ -140,6 +140,7 @@ describe('audit trail', () => {
         if (!healthy) throw new Error('connection refused');
       },
       onConnectionLost: () => undefined,
+      heartbeat: async () => 1,
       close: async () => undefined,
     };
     const local: SlotStore = {
@@ -148,7 +149,7 @@ describe('audit trail', () => {
     };
     const store = new FallbackSlotStore({
       shared,
-      local,
+      localFor: () => local,
       clock: systemClock,
       logger: sink.logger,
       metrics: new SharedBudgetMetrics(new Registry()),

@@ -26,7 +26,7 @@ const outgoing = (): Outgoing => ({
   headers: [],
   body: null,
   replayOn401: undefined,
-  onWire: () => {},
+  onWire: () => true,
 });
 const res = {} as ServerResponse; // never written to: no response headers arrive
 

@@ -532,3 +532,84 @@ describe('PassThroughPacer and createPacer', () => {
     expect(at).toEqual([0, 250, 350, 450]);
   });
 });
+
+describe('QueuePacer: a shared store that forfeits late starts', () => {
+  /** A local store whose `mayStart` allows `toleranceMs` of lateness, recording every answer. */
+  function forfeitingSetup(toleranceMs: number) {
+    // `stall.ms`: the next timer fires that much late (a frozen process), then timers are punctual.
+    const stall = { ms: 0 };
+    const clock = {
+      ...systemClock,
+      setTimeout: (fn: () => void, ms: number) => {
+        const late = ms > 0 ? stall.ms : 0;
+        if (ms > 0) stall.ms = 0;
+        return systemClock.setTimeout(fn, ms + late);
+      },
+    };
+    const inner = new LocalSlotStore({
+      perSecond: 10,
+      burst: 1,
+      windowMax: 0,
+      windowMs: 1000,
+      clock,
+    });
+    const asked: number[] = [];
+    let reservations = 0;
+    const store = {
+      async reserve(maxDelayMs: number, notBeforeMs: number) {
+        reservations++;
+        return inner.reserve(maxDelayMs, notBeforeMs);
+      },
+      mayStart(lateMs: number) {
+        asked.push(lateMs);
+        return lateMs <= toleranceMs;
+      },
+      close: () => inner.close(),
+    };
+    const metrics = new Metrics(new Registry(), { defaultMetrics: false }).forRoutes(['default']);
+    const pacer = new QueuePacer({
+      clock,
+      metrics,
+      queueMax: 100,
+      queueTimeoutMs: 30_000,
+      store,
+      confirmStarts: true,
+    });
+    return { pacer, asked, stall, reservations: () => reservations };
+  }
+
+  it('gives up a slot its timer reached too late and reserves again, instead of starting late', async () => {
+    const { pacer, asked, stall, reservations } = forfeitingSetup(10);
+    const first = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(first.state).toBe('resolved');
+    // The second's slot is at +100 ms; the process stalls past it: its timer runs 150 ms late.
+    stall.ms = 150;
+    expect(pacer.sent()).toBe(true);
+    const second = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(249);
+    expect(second.state).toBe('pending');
+    await vi.advanceTimersByTimeAsync(1);
+    expect(asked).toContain(150);
+    expect(reservations()).toBe(3); // the forfeited slot, then a new one
+    // Not at its late wake-up on the old slot: at the new slot, which the store allows now.
+    expect(second.state).toBe('resolved');
+    expect(second.at).toBe(T0 + 250);
+  });
+
+  it('sent() says false when the start reaches the socket too late for its slot, and the pacer moves on', async () => {
+    const { pacer, asked } = forfeitingSetup(10);
+    const first = track(pacer.acquire({ deadline: FOREVER }));
+    const second = track(pacer.acquire({ deadline: FOREVER }));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(first.state).toBe('resolved');
+    // Granted on time, then stalled 40 ms before the write: the start must not happen.
+    await vi.advanceTimersByTimeAsync(40);
+    expect(pacer.sent()).toBe(false);
+    expect(asked.at(-1)).toBe(40);
+    // The next head reserves (the slot after the forfeited one) and starts on time.
+    await vi.advanceTimersByTimeAsync(60);
+    expect(second.at).toBe(T0 + 100);
+    expect(pacer.sent()).toBe(true);
+  });
+});
