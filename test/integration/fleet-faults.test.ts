@@ -62,7 +62,7 @@ const makeConfig = (overrides: Record<string, Record<string, unknown>>) =>
 
 async function metric(proxy: ProxyProcess, name: string): Promise<number> {
   const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
-  const match = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+  const match = new RegExp(`^${name}\\{route="default"\\} (\\S+)$`, 'm').exec(text);
   return match ? Number(match[1]) : Number.NaN;
 }
 

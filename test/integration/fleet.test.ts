@@ -145,7 +145,10 @@ async function forfeits(fleet: ProxyProcess[]): Promise<number> {
   let sum = 0;
   for (const proxy of fleet) {
     const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
-    sum += Number(/^m2m_proxy_shared_budget_forfeits_total (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
+    sum += Number(
+      /^m2m_proxy_shared_budget_forfeits_total\{route="default"\} (\S+)$/m.exec(text)?.[1] ??
+        Number.NaN,
+    );
   }
   return sum;
 }

@@ -161,8 +161,9 @@ export interface StalledFleetResult {
 
 async function metricSum(proxy: ProxyProcess, name: string): Promise<number> {
   const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
-  const match = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
-  return match ? Number(match[1]) : Number.NaN;
+  // Every series of the metric (one per route), summed; NaN when it has none.
+  const values = [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))];
+  return values.length > 0 ? values.reduce((sum, m) => sum + Number(m[1]), 0) : Number.NaN;
 }
 
 /**
