@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import type { Idp } from './idp.js';
-import { type ProxyProcess, startProxy } from './process.js';
+import { type ProxyProcess, type StartProxyOptions, startProxy } from './process.js';
 import { gaps, maxInSliding } from './starts.js';
 import type { Upstream } from './upstream.js';
 
@@ -167,6 +167,19 @@ async function metricSum(proxy: ProxyProcess, name: string): Promise<number> {
 }
 
 /**
+ * `startProxy` with a configuration from `make`, made again once when its ports were taken
+ * meanwhile: a free port is only known free until another test's process binds it.
+ */
+async function startWithFreshPorts(make: () => Promise<StartProxyOptions>): Promise<ProxyProcess> {
+  try {
+    return await startProxy(await make());
+  } catch (err) {
+    if (!(err instanceof Error && err.message.includes('is already in use'))) throw err;
+    return startProxy(await make());
+  }
+}
+
+/**
  * Starts the fleet, warms it up, empties the budget, saturates it (`perReplica` requests per
  * replica at once) while freezing a randomly chosen replica for `freezeMs` at a random moment of
  * every `everyMs`, and measures the arrivals. Stops the replicas before returning.
@@ -177,7 +190,7 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
   if (o.passwordFile) shared.passwordFile = o.passwordFile;
   const fleet = await Promise.all(
     Array.from({ length: o.replicas }, async () =>
-      startProxy({
+      startWithFreshPorts(async () => ({
         // Several node processes starting at once on a busy 2-core host.
         readyTimeoutMs: 30_000,
         config: await o.makeConfig({
@@ -190,7 +203,7 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
             shared,
           },
         }),
-      }),
+      })),
     ),
   );
   try {
