@@ -290,7 +290,7 @@ function routeSummary(
     `token:       ${displayUrl(token.url)} (${token.authMethod}; renew at ${token.refreshAt} of the lifetime, ≥ ${formatDuration(token.minRemaining)} before expiry)`,
     `credentials: ${creds}`,
     `pacing:      ${rl.perSecond > 0 ? `${rl.perSecond}/s burst ${rl.burst}` : 'no rate limit'}; ${rl.window.max > 0 ? `${rl.window.max} per ${formatDuration(rl.window.length)}` : 'no window'}; queue ${rl.queue.max}, ${formatDuration(rl.queue.timeout)}`,
-    `shared:      ${rl.shared ? `${displayUrl(rl.shared.redis)} key ${rl.shared.key} (fallback ${rl.shared.fallback}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
+    `shared:      ${rl.shared ? `${displayUrl(rl.shared.redis)} key ${rl.shared.key} (fallback ${rl.shared.fallback ?? '1 / replicas last seen'}${rl.shared.passwordFile ? ', password from file' : ''})` : 'off (pacing per process)'}`,
   ].map((line) => indent + line);
 }
 
