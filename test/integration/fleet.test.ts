@@ -1,6 +1,4 @@
-import { spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
@@ -13,6 +11,7 @@ import {
   tempDir,
 } from '../support/process.js';
 import { type RedisServer, startRedis } from '../support/redis.js';
+import { burst, until } from '../support/stalls.js';
 import { gaps, maxInSliding, median, ratePerSecond } from '../support/starts.js';
 import { startUpstream, type Upstream, type UpstreamRequest } from '../support/upstream.js';
 import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
@@ -153,53 +152,16 @@ async function forfeits(fleet: ProxyProcess[]): Promise<number> {
   return sum;
 }
 
-async function until(condition: () => Promise<boolean>, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 /**
- * The clients' side of a burst, run in a child process: sends every URL at once and prints the
- * statuses as JSON. Opening dozens of connections at once costs the sending process 100–300 ms
- * of CPU on a busy host; in the test process, which also runs the upstream, that would delay the
- * very arrival times being measured.
+ * Sends `count` requests per proxy at once, on paths under `/api/v1/<tag>/`; their statuses. The
+ * clients run in a child process: opening dozens of connections costs 100–300 ms of CPU on a busy
+ * host, which in this process (it also runs the upstream) would delay the arrivals measured.
  */
-const CLIENTS = `
-const urls = JSON.parse(process.argv[1]);
-const statuses = await Promise.all(urls.map(async (url) => {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(35000) });
-    await res.arrayBuffer();
-    return res.status;
-  } catch {
-    return 0;
-  }
-}));
-process.stdout.write(JSON.stringify(statuses));
-`;
-
-/** Sends `count` requests per proxy at once, on paths under `/api/v1/<tag>/`; their statuses. */
-async function burst(targets: { proxy: ProxyProcess; tag: string }[], count: number) {
+function sendBurst(targets: { proxy: ProxyProcess; tag: string }[], count: number) {
   const urls = targets.flatMap(({ proxy, tag }) =>
     Array.from({ length: count }, (_, i) => `${proxy.url}/${tag}/${i}`),
   );
-  const child = spawn(
-    process.execPath,
-    ['--input-type=module', '-e', CLIENTS, JSON.stringify(urls)],
-    {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  let out = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    out += chunk;
-  });
-  const [code] = (await once(child, 'exit')) as [number | null];
-  if (code !== 0) throw new Error(`the clients' process exited with ${code}`);
-  return JSON.parse(out) as number[];
+  return burst(urls, 35_000);
 }
 
 /** Arrival times at the upstream (monotonic ms, ascending) of the requests under `tag`. */
@@ -257,7 +219,7 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     const forfeitedBefore = await forfeits(fleet);
     const reservations = watchReservations(key);
 
-    const statuses = await burst(
+    const statuses = await sendBurst(
       fleet.map((proxy, i) => ({ proxy, tag: tags[i] ?? '' })),
       perReplica,
     );
@@ -310,7 +272,7 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     const tags = fleets.map((fleet) => fleet.map(() => `two-keys-${randomUUID()}`));
     const forfeitedBefore = await Promise.all(fleets.map(forfeits));
 
-    const statuses = await burst(
+    const statuses = await sendBurst(
       fleets.flatMap((fleet, k) => fleet.map((proxy, i) => ({ proxy, tag: tags[k]?.[i] ?? '' }))),
       10,
     );
@@ -342,7 +304,7 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     const fleet = await startFleet(key, 2, limits);
     const tags = fleet.map((_, i) => `outage-${i}-${randomUUID()}`);
 
-    const load = burst(
+    const load = sendBurst(
       fleet.map((proxy, i) => ({ proxy, tag: tags[i] ?? '' })),
       28,
     );

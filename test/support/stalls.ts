@@ -66,9 +66,10 @@ export class WireCapture {
 /** The clients, in their own process so that opening connections does not delay the upstream. */
 const CLIENTS = `
 const urls = JSON.parse(process.argv[1]);
+const timeoutMs = Number(process.argv[2]);
 const statuses = await Promise.all(urls.map(async (url) => {
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(60000) });
+    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
     await res.arrayBuffer();
     return res.status;
   } catch {
@@ -78,10 +79,14 @@ const statuses = await Promise.all(urls.map(async (url) => {
 process.stdout.write(JSON.stringify(statuses));
 `;
 
-async function burst(urls: string[]): Promise<number[]> {
+/**
+ * GETs every URL at once from a separate process (each given up after `timeoutMs`); their
+ * statuses in order, 0 for a request that failed.
+ */
+export async function burst(urls: string[], timeoutMs: number): Promise<number[]> {
   const child = spawn(
     process.execPath,
-    ['--input-type=module', '-e', CLIENTS, JSON.stringify(urls)],
+    ['--input-type=module', '-e', CLIENTS, JSON.stringify(urls), String(timeoutMs)],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
@@ -97,7 +102,8 @@ async function burst(urls: string[]): Promise<number[]> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until(condition: () => Promise<boolean>, ms: number): Promise<void> {
+/** Polls `condition` every 25 ms until it holds; throws after `ms`. */
+export async function until(condition: () => Promise<boolean>, ms: number): Promise<void> {
   const end = Date.now() + ms;
   while (!(await condition())) {
     if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
@@ -231,7 +237,7 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
     );
     const wire = await WireCapture.start(o.api.port);
     const recordedFrom = o.api.requests.length;
-    const load = burst(urls);
+    const load = burst(urls, 60_000);
     let done = false;
     let freezes = 0;
     const freezer = (async () => {
