@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { createServer, type Server, type ServerResponse, STATUS_CODES } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
@@ -13,7 +13,7 @@ import {
   readCredentials,
 } from './credentials/credentials.js';
 import { CredentialWatcher, POLL_MS } from './credentials/watcher.js';
-import { ERROR_HEADER, ProxyError } from './errors.js';
+import { M2mError } from './errors.js';
 import { AccessLog } from './log/access.js';
 import { Audit } from './log/audit.js';
 import type { Logger } from './log/logger.js';
@@ -21,6 +21,7 @@ import { Metrics } from './metrics/metrics.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
 import type { Pacer, SlotStore } from './pacing/types.js';
+import { ProxyError } from './proxy/errors.js';
 import { Forwarder } from './proxy/forward.js';
 import { ProxyHandler, type ReplayBudget } from './proxy/handler.js';
 import { TokenClient } from './token/client.js';
@@ -387,11 +388,7 @@ function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
       socket.destroy();
       return;
     }
-    const body = error.body();
-    socket.end(
-      `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status]}\r\nconnection: close\r\ncontent-type: application/json\r\n${ERROR_HEADER}: ${error.code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-      () => socket.destroy(),
-    );
+    socket.end(error.raw(), () => socket.destroy());
   };
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     const res = answering.get(socket);
@@ -435,7 +432,9 @@ function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
  * An address from the configuration cannot be listened on (in use, not local, not permitted): a
  * configuration error, whose message names the key to change.
  */
-export class ListenError extends Error {
+export class ListenError extends M2mError {
+  readonly code = 'listen_failed';
+
   constructor(key: string, host: string, port: number, code: string | undefined) {
     const why =
       code === 'EADDRINUSE'
@@ -446,7 +445,6 @@ export class ListenError extends Error {
             ? 'may not be listened on by this user'
             : `cannot be listened on (${code ?? 'error'})`;
     super(`${key}.port / ${key}.host: ${host}:${port} ${why}`);
-    this.name = 'ListenError';
   }
 }
 

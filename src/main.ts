@@ -59,7 +59,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
       strict: true,
     }).values;
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n${USAGE}\n`);
     return EXIT.config;
   }
   if (args.help) {
@@ -94,12 +94,10 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
 
   const logger = createLogger(config.log.level);
   if (exposed.length > 0) {
-    logger.warn({
-      event: 'secret_files_world_readable',
-      files: exposed,
-      message:
-        'secret files are readable by every user of the host: mount them with mode 0400 or 0440',
-    });
+    logger.warn(
+      { event: 'secret_files_world_readable', files: exposed },
+      'secret files are readable by every user of the host: mount them with mode 0400 or 0440',
+    );
   }
   let app: App;
   try {

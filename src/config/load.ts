@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { type Document, isMap, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
+import { M2mError } from '../errors.js';
 import {
   type Config,
   configSchema,
@@ -22,7 +23,8 @@ export const ENV_PREFIX = 'M2M_PROXY_';
  * The configuration could not be used. `problems` holds one line per problem, each naming where
  * it is (`file:line:col` or the environment variable) and the dotted key.
  */
-export class ConfigError extends Error {
+export class ConfigError extends M2mError {
+  readonly code = 'invalid_configuration';
   readonly problems: readonly string[];
   /**
    * What could be decoded despite the problems (keys with errors are missing), so that the
@@ -31,7 +33,6 @@ export class ConfigError extends Error {
   readonly partial: unknown;
   constructor(problems: readonly string[], partial?: unknown) {
     super(`invalid configuration:\n${problems.map((p) => `  ${p}`).join('\n')}`);
-    this.name = 'ConfigError';
     this.problems = problems;
     this.partial = partial;
   }
@@ -95,7 +96,9 @@ export async function loadConfig(
     // "billion laughs" file): one line, exit 2, instead of a stack trace or an exhausted heap.
     raw = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) ?? {};
   } catch (err) {
-    throw new ConfigError([`${file}: ${(err as Error).message.split('\n')[0]}`]);
+    throw new ConfigError([
+      `${file}: ${(err instanceof Error ? err.message : String(err)).split('\n')[0]}`,
+    ]);
   }
   const fromEnv = new Map<string, string>();
   const issues: Issue[] = [];

@@ -2,6 +2,7 @@ import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { RouteConfig } from '../config/config.js';
+import { M2mError } from '../errors.js';
 import { Secret } from './secret.js';
 
 /** The client's credentials, in one of the contract's three forms. */
@@ -25,12 +26,12 @@ export type ClientCredentials =
  * Credentials could not be read or are malformed. `problems` has one line per file (all of them,
  * not only the first); each names the key and the file, never its content.
  */
-export class CredentialError extends Error {
+export class CredentialError extends M2mError {
+  readonly code = 'invalid_credentials';
   readonly problems: readonly string[];
   constructor(problems: string | readonly string[]) {
     const list = typeof problems === 'string' ? [problems] : problems;
     super(list.join('\n'));
-    this.name = 'CredentialError';
     this.problems = list;
   }
 }

@@ -47,11 +47,11 @@ export class CredentialWatcher {
       try {
         const watcher = watch(dir, { persistent: false }, () => this.#schedule());
         watcher.on('error', (err) =>
-          this.logger.warn({ event: 'credentials_watch_error', dir, err: err.message }),
+          this.logger.warn({ event: 'credentials_watch_error', dir, err }),
         );
         this.#watchers.push(watcher);
       } catch (err) {
-        this.logger.warn({ event: 'credentials_watch_error', dir, err: (err as Error).message });
+        this.logger.warn({ event: 'credentials_watch_error', dir, err });
       }
     }
   }
@@ -68,7 +68,7 @@ export class CredentialWatcher {
       next = await this.read();
     } catch (err) {
       // The message names the file and the error code only (CredentialError never holds content).
-      this.logger.warn({ event: 'credentials_reload_failed', err: (err as Error).message });
+      this.logger.warn({ event: 'credentials_reload_failed', err });
       return;
     }
     if (this.#closed || sameCredentials(this.#current, next)) return;

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ERROR_HEADER } from '../errors.js';
+import { ERROR_HEADER } from '../proxy/errors.js';
 import type { RequestObservation, RequestObserver, TransferStats } from '../tracing/types.js';
 import type { Logger } from './logger.js';
 

@@ -1,5 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import { PROXY_ERRORS } from '../errors.js';
+import { PROXY_ERRORS } from '../proxy/errors.js';
 
 /**
  * Every metric m2m-proxy exports, registered on one injected `Registry`. The names and labels of

@@ -2,8 +2,8 @@ import PQueue from 'p-queue';
 import { type Clock, MAX_TIMER_MS, sleep, type Timer } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
 import { Deadlines, type Timed } from '../deadlines.js';
-import { ProxyError } from '../errors.js';
 import type { RouteMetrics } from '../metrics/metrics.js';
+import { RateLimitedError, ShuttingDownError } from './errors.js';
 import { LocalSlotStore, slotLimits } from './local-slot-store.js';
 import {
   type AcquireOptions,
@@ -68,16 +68,6 @@ class Entry implements Timed<Entry> {
     readonly resolve: () => void,
     readonly reject: (error: unknown) => void,
   ) {}
-}
-
-/** `rate_limited` with a `Retry-After` of `delayMs` rounded up to whole seconds, at least 1. */
-function rateLimited(delayMs: number, message?: string): ProxyError {
-  return new ProxyError('rate_limited', message, { retryAfterSeconds: retryAfterSeconds(delayMs) });
-}
-
-/** Whole seconds for `Retry-After` (RFC 9110 §10.2.3): rounded up, never below 1. */
-export function retryAfterSeconds(delayMs: number): number {
-  return Math.max(1, Math.ceil(delayMs / 1000));
 }
 
 /** A prom-client metric's scrape hook: `collect`, called by `get()` before every read. */
@@ -179,13 +169,13 @@ abstract class BasePacer {
  * serves every deadline (`Deadlines`).
  *
  * Semantics:
- * - Admission: `waiting ≥ queue.max` → `rate_limited` at once. `queue.max: 0` means "no queue":
+ * - Admission: `waiting ≥ queue.max` → `RateLimitedError` at once. `queue.max: 0` means "no queue":
  *   one request at a time may wait for the token, and it must get a slot at once.
  * - `ready` (the token) is awaited before joining the FIFO, concurrently for all requests; they
  *   count in `waiting`. Its rejection is propagated unchanged.
  * - The head reserves with `maxDelayMs = deadline − now`; a slot beyond its deadline is refused
- *   by the store and the request gets `rate_limited` at once (waiting would not help).
- * - A queued (non-head) request whose deadline passes gets `rate_limited`.
+ *   by the store and the request gets `RateLimitedError` at once (waiting would not help).
+ * - A queued (non-head) request whose deadline passes gets `RateLimitedError`.
  * - `Retry-After` is the store's answer to "when would a start be allowed", never a constant.
  * - A request whose client aborts leaves at once, wherever it waits.
  * - An aborted head that already holds a reservation leaves its slot unused: the start is
@@ -281,10 +271,10 @@ export class QueuePacer extends BasePacer implements Pacer {
   acquire(options: AcquireOptions): Promise<void> {
     // Not `async`: an async function's promise would wrap the entry's for as long as it waits.
     const { deadline, signal, ready } = options;
-    if (this.closed) return Promise.reject(new ProxyError('shutting_down'));
+    if (this.closed) return Promise.reject(new ShuttingDownError());
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.count >= this.admitMax) {
-      return this.probeDelayMs().then((delayMs) => Promise.reject(rateLimited(delayMs)));
+      return this.probeDelayMs().then((delayMs) => Promise.reject(new RateLimitedError(delayMs)));
     }
     const since = this.clock.now();
     this.setWaiting(this.count + 1);
@@ -296,14 +286,14 @@ export class QueuePacer extends BasePacer implements Pacer {
   }
 
   /**
-   * Rejects every request still in the FIFO with `shutting_down`, and closes the store. Call it
+   * Rejects every request still in the FIFO with `ShuttingDownError`, and closes the store. Call it
    * after the drain (`shutdown.timeout`): the handler lets queued requests finish first.
    */
   async close(): Promise<void> {
     this.closed = true;
     this.stopWindowGauge?.();
-    for (const entry of this.deadlines.drain()) this.leave(entry, new ProxyError('shutting_down'));
-    if (this.head !== undefined) this.leave(this.head, new ProxyError('shutting_down'));
+    for (const entry of this.deadlines.drain()) this.leave(entry, new ShuttingDownError());
+    if (this.head !== undefined) this.leave(this.head, new ShuttingDownError());
     this.fifo.clear();
     await this.store.close();
   }
@@ -344,7 +334,7 @@ export class QueuePacer extends BasePacer implements Pacer {
   private join(entry: Entry, signal: AbortSignal | undefined): void {
     if (entry.settled) return;
     if (this.closed) {
-      this.leave(entry, new ProxyError('shutting_down'));
+      this.leave(entry, new ShuttingDownError());
       return;
     }
     this.deadlines.add(entry);
@@ -365,7 +355,10 @@ export class QueuePacer extends BasePacer implements Pacer {
   private expired(entry: Entry): void {
     if (entry.settled) return;
     this.finish(entry);
-    this.probeDelayMs().then((delayMs) => entry.reject(rateLimited(delayMs)), entry.reject);
+    this.probeDelayMs().then(
+      (delayMs) => entry.reject(new RateLimitedError(delayMs)),
+      entry.reject,
+    );
   }
 
   /** Takes the entry out, rejecting it with `reason`: no start will happen for it. Idempotent. */
@@ -419,7 +412,7 @@ export class QueuePacer extends BasePacer implements Pacer {
         if (entry.settled) return;
         if (!reservation.granted) {
           this.probedFreeAt = this.clock.now() + reservation.delayMs;
-          this.leave(entry, rateLimited(reservation.delayMs));
+          this.leave(entry, new RateLimitedError(reservation.delayMs));
           return;
         }
         // The slot is within the deadline: the deadline must not reject a request that holds
@@ -552,30 +545,31 @@ export class PassThroughPacer extends BasePacer implements Pacer {
   /** See `Pacer.acquire`. */
   async acquire(options: AcquireOptions): Promise<void> {
     const { deadline, signal, ready } = options;
-    if (this.closed) throw new ProxyError('shutting_down');
+    if (this.closed) throw new ShuttingDownError();
     signal?.throwIfAborted();
     const since = this.clock.now();
     if (!ready && this.pausedUntil <= since) {
       this.metrics.queueWait.observe(0);
       return;
     }
-    if (this.count >= this.admitMax) throw rateLimited(this.pausedUntil - since);
+    if (this.count >= this.admitMax) throw new RateLimitedError(this.pausedUntil - since);
     this.setWaiting(this.count + 1);
     try {
       if (ready) await raceAbort(ready(deadline, signal), signal);
       for (let now = this.clock.now(); this.pausedUntil > now; now = this.clock.now()) {
-        if (this.closed) throw new ProxyError('shutting_down');
-        if (this.pausedUntil > deadline || this.noQueue) throw rateLimited(this.pausedUntil - now);
+        if (this.closed) throw new ShuttingDownError();
+        if (this.pausedUntil > deadline || this.noQueue)
+          throw new RateLimitedError(this.pausedUntil - now);
         await sleep(this.clock, Math.ceil(this.pausedUntil - now), signal);
       }
-      if (this.closed) throw new ProxyError('shutting_down');
+      if (this.closed) throw new ShuttingDownError();
     } finally {
       this.setWaiting(this.count - 1);
     }
     this.metrics.queueWait.observe((this.clock.now() - since) / 1000);
   }
 
-  /** Stops admitting; requests still waiting are rejected with `shutting_down` when they wake. */
+  /** Stops admitting; requests still waiting are rejected with `ShuttingDownError` when they wake. */
   async close(): Promise<void> {
     this.closed = true;
     await this.store?.close();

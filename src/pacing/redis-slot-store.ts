@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { inspect } from 'node:util';
 import { Redis, type RedisOptions } from 'ioredis';
+import { M2mError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { ClockOffset } from './clock-offset.js';
@@ -99,7 +100,7 @@ export interface DetailedReservation extends Reservation {
 }
 
 /** Error of a Redis call of the shared budget. Its message never contains the password. */
-export class SharedBudgetError extends Error {
+export class SharedBudgetError extends M2mError {
   readonly code = 'shared_budget_unavailable';
 }
 

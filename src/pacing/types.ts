@@ -12,7 +12,7 @@ export interface AcquireOptions {
   /**
    * Awaited before the request may take a slot (e.g. "a valid token exists"). Requests waiting
    * here count in the queue length and against `queue.max`; if it rejects (e.g. with
-   * `token_unavailable` at the deadline), `acquire` rejects with the same error.
+   * `TokenUnavailableError` at the deadline), `acquire` rejects with the same error.
    */
   ready?: (deadline: number, signal?: AbortSignal) => Promise<void>;
 }
@@ -21,8 +21,8 @@ export interface AcquireOptions {
 export interface Pacer {
   /**
    * Resolves when the request may start now; the start is recorded. Rejects with
-   * `ProxyError('rate_limited')` (with `retryAfterSeconds`) when the queue is full or the
-   * deadline passes first, or with the signal's reason when the client aborts.
+   * `RateLimitedError` (with `retryAfterMs`) when the queue is full or the deadline passes
+   * first, `ShuttingDownError` once closed, or with the signal's reason when the client aborts.
    */
   acquire(options: AcquireOptions): Promise<void>;
   /**

@@ -4,9 +4,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
 import type { RouteConfig } from '../config/config.js';
 import { ConfigError } from '../config/load.js';
-import { ProxyError } from '../errors.js';
+import { M2mError } from '../errors.js';
 import type { TransferStats } from '../tracing/types.js';
 import type { Cancellation } from './cancellation.js';
+import { ProxyError } from './errors.js';
 import { responseHeaders } from './headers.js';
 
 /** How one attempt towards the upstream ended. */
@@ -48,10 +49,11 @@ export interface Outgoing {
  * The attempt was not written: it reached the socket too late for its pacing slot (the process
  * stalled after the slot was granted). Nothing went upstream; the caller paces it again.
  */
-export class SlotForfeited extends Error {
+export class SlotForfeited extends M2mError {
+  readonly code = 'slot_forfeited';
+
   constructor() {
     super('pacing slot forfeited: the request reached the socket too late for it');
-    this.name = 'SlotForfeited';
   }
 }
 
@@ -86,7 +88,13 @@ const UNDICI_TIMEOUT_SLACK_MS = 1000;
 const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
 /** The cancellation reason of an upstream that took longer than `upstream.timeout`. */
-const TIMED_OUT = Symbol('upstream timeout');
+class UpstreamTimedOut extends M2mError {
+  readonly code = 'upstream_timeout';
+
+  constructor() {
+    super('the upstream did not answer within upstream.timeout');
+  }
+}
 
 /**
  * Sends requests to the one upstream over a keep-alive undici `Pool` and streams each response
@@ -123,7 +131,7 @@ export class Forwarder {
     }
     return new Promise((resolve, reject) => {
       const exchange = new Exchange(out, res, cancel, resolve, reject);
-      exchange.timer = setTimeout(() => cancel.cancel(TIMED_OUT), this.#timeout);
+      exchange.timer = setTimeout(() => cancel.cancel(new UpstreamTimedOut()), this.#timeout);
       cancel.onCancel = exchange.onCancel;
       this.#pool.dispatch(
         {
@@ -236,7 +244,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#finish();
     const { cancel } = this;
     const timedOut =
-      cancel.reason === TIMED_OUT ||
+      cancel.reason instanceof UpstreamTimedOut ||
       (!cancel.cancelled && TIMEOUT_CODES.has((err as { code?: string } | undefined)?.code ?? ''));
     // A timeout is a timeout whichever timer saw it first: the class of the answer must not
     // depend on which of two timers set to the same instant fires first.

@@ -2,13 +2,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Clock } from '../clock.js';
 import type { Config, RouteConfig } from '../config/config.js';
 import type { Secret } from '../credentials/secret.js';
-import { ERROR_HEADER, ProxyError } from '../errors.js';
+import { M2mError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { RouteMetrics } from '../metrics/metrics.js';
 import type { Pacer } from '../pacing/types.js';
 import type { TokenManager } from '../token/manager.js';
 import type { RequestObservation, RequestObserver } from '../tracing/types.js';
 import { Cancellation } from './cancellation.js';
+import { ProxyError, toProxyError } from './errors.js';
 import { type Attempt, type Forwarder, type Outgoing, SlotForfeited } from './forward.js';
 import { type RequestHead, rawHeader, requestHead, withBearer } from './headers.js';
 import { pathPrefix, upstreamPath } from './target.js';
@@ -21,10 +22,11 @@ import { pathPrefix, upstreamPath } from './target.js';
 export const REPLAY_LIMIT_BYTES = 64 * 1024;
 
 /** The cancellation reason when the client goes away (the request is then never sent, or aborted). */
-class ClientGone extends Error {
+class ClientGone extends M2mError {
+  readonly code = 'client_gone';
+
   constructor() {
     super('client disconnected');
-    this.name = 'ClientGone';
   }
 }
 
@@ -292,7 +294,7 @@ export class ProxyHandler {
       throw new ProxyError(
         'rate_limited',
         'Too many request bodies are held for the upstream: try again shortly.',
-        { retryAfterSeconds: 1 },
+        { retryAfterMs: 1000 },
       );
     }
     this.deps.replay.held += declared;
@@ -341,13 +343,13 @@ export class ProxyHandler {
       this.deps.logger.debug({ event: 'client_gone', method: req.method });
       return;
     }
-    const error = err instanceof ProxyError ? err : undefined;
+    const error = toProxyError(err);
     if (!error || res.headersSent) {
       // A failure after the upstream's response began: the only honest signal left is to cut
       // the connection so the client sees a truncated response, not a complete wrong one.
       this.deps.logger.warn({
         event: 'response_aborted',
-        err: (err as Error)?.message,
+        err,
         code: error?.code,
       });
       res.destroy();
@@ -358,7 +360,7 @@ export class ProxyHandler {
       this.deps.logger.warn({
         event: 'upstream_unreachable',
         code: cause?.code,
-        err: cause?.message,
+        err: cause,
       });
     }
     this.#reject(res, error);
@@ -394,13 +396,10 @@ function observedTokenWait(
 /** Writes one of the catalogue's responses. */
 export function sendError(res: ServerResponse, error: ProxyError): void {
   const body = error.body();
-  // Set apart so that `getHeader` sees them (the access log and the span read the code and size).
-  res.setHeader(ERROR_HEADER, error.code);
-  res.setHeader('content-length', Buffer.byteLength(body));
-  const headers: Record<string, string | number> = { 'content-type': 'application/json' };
-  if (error.retryAfterSeconds !== undefined)
-    headers['retry-after'] = Math.max(1, Math.ceil(error.retryAfterSeconds));
-  res.writeHead(error.status, headers).end(body);
+  // Set one by one so that `getHeader` sees them (the access log and the span read the code and
+  // size).
+  for (const [name, value] of Object.entries(error.headers(body))) res.setHeader(name, value);
+  res.writeHead(error.status).end(body);
 }
 
 /** `Retry-After` as milliseconds from now: delay-seconds or an HTTP-date (RFC 9110 §10.2.3). */

@@ -3,6 +3,7 @@ import { type Dispatcher, request } from 'undici';
 import type { RouteConfig } from '../config/config.js';
 import { type ClientCredentials, splitBasic } from '../credentials/credentials.js';
 import { Secret } from '../credentials/secret.js';
+import { M2mError } from '../errors.js';
 
 /** A token as the identity provider issued it. */
 export interface IssuedToken {
@@ -29,7 +30,8 @@ export type FailureReason =
  * provider sent one (RFC 6749 §5.2), else `http_<status>`, `timeout`, `network` or
  * `invalid_response`. Nothing in it comes from the request, so it never holds a credential.
  */
-export class TokenRequestError extends Error {
+export class TokenRequestError extends M2mError {
+  readonly code = 'token_request_failed';
   readonly reason: FailureReason;
   readonly status: number | undefined;
   readonly oauthError: string | undefined;
@@ -41,7 +43,6 @@ export class TokenRequestError extends Error {
     details: { status?: number; error?: string; description?: string } = {},
   ) {
     super(message);
-    this.name = 'TokenRequestError';
     this.reason = reason;
     this.status = details.status;
     this.oauthError = details.error;
@@ -106,7 +107,7 @@ export class TokenClient implements TokenSource {
       status = res.statusCode;
       text = await res.body.text();
     } catch (err) {
-      const name = (err as Error).name;
+      const name = err instanceof Error ? err.name : 'error';
       if (name === 'TimeoutError' || name === 'AbortError') {
         throw new TokenRequestError(
           'timeout',

@@ -3,12 +3,12 @@ import { DEFAULT_ROUTE, displayUrl, type RouteConfig } from '../config/config.js
 import type { ClientCredentials } from '../credentials/credentials.js';
 import type { Secret } from '../credentials/secret.js';
 import { Deadlines, type Timed } from '../deadlines.js';
-import { ProxyError } from '../errors.js';
 import { Audit, clientIdOf } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import type { RouteMetrics } from '../metrics/metrics.js';
 import type { RenewalCause, RenewalObserver } from '../tracing/types.js';
 import { type IssuedToken, TokenRequestError, type TokenSource } from './client.js';
+import { TokenUnavailableError } from './errors.js';
 
 /**
  * Lifetime assumed when the provider gives neither `expires_in` nor a JWT `exp`. Five minutes is
@@ -80,7 +80,7 @@ export class TokenManager {
   /** Why the next token request is made, when not simply scheduled (or the first one). */
   #cause: RenewalCause | undefined;
   readonly #audit: Audit;
-  /** Requests waiting for a token, by deadline; at its deadline one gets `token_unavailable`. */
+  /** Requests waiting for a token, by deadline; at its deadline one gets `TokenUnavailableError`. */
   readonly #waiters: Deadlines<Waiter>;
   readonly #random: () => number;
 
@@ -88,7 +88,7 @@ export class TokenManager {
     this.#random = deps.random ?? Math.random;
     this.#audit = deps.audit ?? new Audit(deps.logger, DEFAULT_ROUTE);
     this.#waiters = new Deadlines(deps.clock, (waiter) =>
-      this.#reject(waiter, new ProxyError('token_unavailable')),
+      this.#reject(waiter, new TokenUnavailableError()),
     );
   }
 
@@ -109,7 +109,7 @@ export class TokenManager {
   }
 
   /**
-   * Resolves once a valid token is held. Rejects with `ProxyError('token_unavailable')` at
+   * Resolves once a valid token is held. Rejects with `TokenUnavailableError` at
    * `deadline`, or with the signal's reason when the client goes away.
    */
   waitForToken(deadline: number, signal?: AbortSignal): Promise<void> {
@@ -209,12 +209,12 @@ export class TokenManager {
     return this.#renewal;
   }
 
-  /** Cancels timers; waiters get `token_unavailable`. */
+  /** Cancels timers; waiters get `TokenUnavailableError`. */
   stop(): void {
     this.#stopped = true;
     this.#clear();
     if (this.#expiryTimer) this.deps.clock.clearTimeout(this.#expiryTimer);
-    for (const w of this.#waiters.drain()) this.#reject(w, new ProxyError('token_unavailable'));
+    for (const w of this.#waiters.drain()) this.#reject(w, new TokenUnavailableError());
   }
 
   async #fetch(): Promise<void> {
@@ -296,10 +296,10 @@ export class TokenManager {
       clock.setTimeout(() => {
         if (this.#held?.expiresAt !== expiresAt) return;
         this.deps.metrics.tokenExpiry.set(0);
-        this.deps.logger.error({
-          event: 'token_expired',
-          message: 'no valid token: requests wait for a renewal',
-        });
+        this.deps.logger.error(
+          { event: 'token_expired' },
+          'no valid token: requests wait for a renewal',
+        );
       }, expiresAt - clock.now()),
     );
   }
@@ -339,15 +339,17 @@ export function backoffDelay(
   return min + random() * (backoffCeiling(attempt, min, max) - min);
 }
 
-/** The longest wait of attempt n: `min × 2ⁿ`, capped at `max` (the exponent too, against overflow). */
+/** A failure of the token source as a `TokenRequestError` (anything unexpected counts as `network`). */
 function asTokenRequestError(err: unknown): TokenRequestError {
   return err instanceof TokenRequestError
     ? err
     : new TokenRequestError(
         'network',
-        `token request failed: ${(err as Error)?.message ?? String(err)}`,
+        `token request failed: ${err instanceof Error ? err.message : String(err)}`,
       );
 }
+
+/** The longest wait of attempt n: `min × 2ⁿ`, capped at `max` (the exponent too, against overflow). */
 
 function backoffCeiling(attempt: number, min: number, max: number): number {
   return Math.min(max, min * 2 ** Math.min(attempt, 30));

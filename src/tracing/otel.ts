@@ -47,8 +47,8 @@ import {
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
 import type { SamplerSettings, TracingSettings } from '../config/tracing.js';
-import { ERROR_HEADER, ProxyError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
+import { ERROR_HEADER, proxyErrorCode } from '../proxy/errors.js';
 import type {
   RenewalCause,
   RenewalObservation,
@@ -105,7 +105,7 @@ export function startTracing(settings: TracingSettings, deps: TracingDeps): Trac
     deps.logger.warn({
       event: 'tracing_export_failed',
       endpoint: settings.url,
-      err: err instanceof Error ? err.message : String(err),
+      err,
     });
   });
   const exporter = new OTLPTraceExporter({ url: settings.url });
@@ -431,7 +431,7 @@ function now(): HrTime {
 /** Marks a span failed with the error's class, never its message (it could quote a header). */
 function failSpan(span: Span, error: unknown): void {
   if (error === undefined) return;
-  const type = error instanceof ProxyError ? error.code : 'aborted';
+  const type = proxyErrorCode(error) ?? 'aborted';
   span.setAttribute(ATTR_ERROR_TYPE, type);
   span.setStatus({ code: SpanStatusCode.ERROR, message: type });
 }

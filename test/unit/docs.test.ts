@@ -7,8 +7,8 @@ import { RESULTS_BEGIN, resultsIn, withoutTablePadding } from '../../bench/lib/d
 import { configSchema } from '../../src/config/config.js';
 import { envName } from '../../src/config/load.js';
 import type { Node } from '../../src/config/schema.js';
-import { PROXY_ERRORS } from '../../src/errors.js';
 import { Metrics, SharedBudgetMetrics } from '../../src/metrics/metrics.js';
+import { PROXY_ERRORS } from '../../src/proxy/errors.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const read = (path: string) => readFileSync(join(ROOT, path), 'utf8');

@@ -1,8 +1,8 @@
 import type { ServerResponse } from 'node:http';
 import { type Dispatcher, errors } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ProxyError } from '../../src/errors.js';
 import { Cancellation } from '../../src/proxy/cancellation.js';
+import { ProxyError } from '../../src/proxy/errors.js';
 import { Forwarder, type Outgoing } from '../../src/proxy/forward.js';
 
 /**

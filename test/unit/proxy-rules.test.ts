@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { PROXY_ERRORS, ProxyError } from '../../src/errors.js';
+import { PROXY_ERRORS, ProxyError } from '../../src/proxy/errors.js';
 import { retryAfterMs } from '../../src/proxy/handler.js';
 import { rawHeader, requestHead, responseHeaders, withBearer } from '../../src/proxy/headers.js';
 import { pathPrefix, upstreamPath } from '../../src/proxy/target.js';
@@ -201,7 +201,7 @@ describe('error catalogue', () => {
       shutting_down: 503,
       upstream_timeout: 504,
     });
-    const error = new ProxyError('rate_limited', undefined, { retryAfterSeconds: 2 });
+    const error = new ProxyError('rate_limited', undefined, { retryAfterMs: 2000 });
     expect(JSON.parse(error.body())).toEqual({
       error: 'rate_limited',
       message: PROXY_ERRORS.rate_limited.message,

@@ -4,10 +4,10 @@ import { systemClock } from '../../src/clock.js';
 import type { RouteConfig } from '../../src/config/config.js';
 import type { ClientCredentials } from '../../src/credentials/credentials.js';
 import { Secret } from '../../src/credentials/secret.js';
-import { ProxyError } from '../../src/errors.js';
 import { createLogger } from '../../src/log/logger.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { type IssuedToken, TokenRequestError, type TokenSource } from '../../src/token/client.js';
+import { TokenUnavailableError } from '../../src/token/errors.js';
 import { backoffDelay, renewalDelay, TokenManager } from '../../src/token/manager.js';
 
 const TOKEN_CONFIG: RouteConfig['token'] = {
@@ -136,7 +136,7 @@ describe('TokenManager', () => {
     expect(manager.current()).toBeUndefined();
     expect(await metrics.tokenExpiry.get()).toMatchObject({ values: [{ value: 0 }] });
     const waiting = manager.waitForToken(Date.now() + 5000);
-    const settled = expect(waiting).rejects.toEqual(new ProxyError('token_unavailable'));
+    const settled = expect(waiting).rejects.toEqual(new TokenUnavailableError());
     await vi.advanceTimersByTimeAsync(5000);
     await settled;
     // Recovery without restart: the next retry succeeds.
@@ -184,7 +184,7 @@ describe('TokenManager', () => {
       p.then(
         () => `ok@${Date.now() - now}`,
         (e: unknown) =>
-          `${e instanceof ProxyError ? e.code : (e as Error).message}@${Date.now() - now}`,
+          `${e instanceof TokenUnavailableError ? e.code : (e as Error).message}@${Date.now() - now}`,
       );
     const client = new AbortController();
     const all = [

@@ -1,8 +1,8 @@
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
-import { ProxyError } from '../../../src/errors.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
+import { RateLimitedError } from '../../../src/pacing/errors.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import {
   createPacer,
@@ -10,6 +10,7 @@ import {
   QueuePacer,
   SENT_WAIT_MAX_MS,
 } from '../../../src/pacing/pacer.js';
+import { ProxyError, toProxyError } from '../../../src/proxy/errors.js';
 import { flush, metricValue, setup, track } from './helpers.js';
 
 const T0 = 1_700_000_000_000;
@@ -22,10 +23,10 @@ afterEach(() => {
   vi.useRealTimers();
 });
 
-/** Asserts `error` is `rate_limited` and returns its Retry-After. */
+/** Asserts `error` is `rate_limited` (as the proxy answers it) and returns its Retry-After. */
 function retryAfterOf(error: unknown): number {
-  expect(error).toBeInstanceOf(ProxyError);
-  const e = error as ProxyError;
+  const e = toProxyError(error) as ProxyError;
+  expect(e).toBeInstanceOf(ProxyError);
   expect(e.code).toBe('rate_limited');
   expect(e.status).toBe(429);
   expect(Number.isInteger(e.retryAfterSeconds)).toBe(true);
@@ -379,7 +380,7 @@ describe('QueuePacer: metrics and shutdown', () => {
     await pacer.acquire({ deadline: FOREVER });
     track(pacer.acquire({ deadline: FOREVER }));
     await flush();
-    await expect(pacer.acquire({ deadline: FOREVER })).rejects.toBeInstanceOf(ProxyError);
+    await expect(pacer.acquire({ deadline: FOREVER })).rejects.toBeInstanceOf(RateLimitedError);
     const text = await metrics.registry.getSingleMetricAsString(
       'm2m_proxy_requests_rejected_total',
     );
@@ -397,8 +398,8 @@ describe('QueuePacer: metrics and shutdown', () => {
     await flush();
     await pacer.close();
     await flush();
-    expect((b.error as ProxyError).code).toBe('shutting_down');
-    expect((c.error as ProxyError).code).toBe('shutting_down');
+    expect(toProxyError(b.error)?.code).toBe('shutting_down');
+    expect(toProxyError(c.error)?.code).toBe('shutting_down');
     expect(pacer.waiting).toBe(0);
     await expect(pacer.acquire({ deadline: FOREVER })).rejects.toMatchObject({
       code: 'shutting_down',
