@@ -1,11 +1,12 @@
-import { readFileSync } from 'node:fs';
-import { createServer, type Server, type ServerResponse } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
-import { createAdminServer, type ReadinessReason } from './admin/server.js';
+import { notReady } from './admin/readiness.js';
+import { createAdminServer } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
 import { type Config, displayUrl, type RouteConfig } from './config/config.js';
+import type { EnvCredentials } from './config/environment.js';
+import { tokenGroups } from './config/token-groups.js';
 import type { TracingSettings } from './config/tracing.js';
 import {
   type ClientCredentials,
@@ -13,7 +14,7 @@ import {
   readCredentials,
 } from './credentials/credentials.js';
 import { CredentialWatcher, POLL_MS } from './credentials/watcher.js';
-import { M2mError } from './errors.js';
+import { close, listen } from './listen.js';
 import { AccessLog } from './log/access.js';
 import { Audit } from './log/audit.js';
 import type { Logger } from './log/logger.js';
@@ -21,51 +22,19 @@ import { Metrics } from './metrics/metrics.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
 import type { Pacer, SlotStore } from './pacing/types.js';
-import { ProxyError } from './proxy/errors.js';
 import { Forwarder } from './proxy/forward.js';
 import { ProxyHandler, type ReplayBudget } from './proxy/handler.js';
+import { connectionLimit, createProxyServer } from './proxy/server.js';
 import { TokenClient } from './token/client.js';
 import { TokenManager } from './token/manager.js';
 import type { RenewalObserver, RequestObserver } from './tracing/types.js';
 
 /** A running proxy: every route's port and the admin port listening, the tokens kept fresh. */
 export interface App {
-  /** The first route's address (the only one of a file without `routes`). */
-  readonly proxyAddress: AddressInfo;
   /** Every route's address, in configuration order. */
   readonly routes: ReadonlyArray<{ readonly name: string; readonly address: AddressInfo }>;
-  readonly adminAddress: AddressInfo;
-  readonly metrics: Metrics;
   /** SIGTERM's work: 503 for new requests, drain within `shutdown.timeout`, close everything. */
   shutdown(): Promise<void>;
-}
-
-/** Routes whose token blocks are equal: they share one `TokenManager`, so one token request. */
-export interface TokenGroup {
-  /** The token block, as every route of the group has it. */
-  readonly token: RouteConfig['token'];
-  /** Identifies the group in `AppDeps.credentials`. */
-  readonly key: string;
-  readonly routes: readonly RouteConfig[];
-}
-
-/**
- * Groups the routes by token block. Equal means equal after defaults, key by key (endpoint,
- * method, credential files, scope, audience, resource, params and the renewal settings): two
- * blocks that differ in anything get separate tokens, however similar.
- */
-export function tokenGroups(config: Config): TokenGroup[] {
-  const groups = new Map<
-    string,
-    { token: RouteConfig['token']; key: string; routes: RouteConfig[] }
-  >();
-  for (const route of config.routes) {
-    const key = JSON.stringify(route.token);
-    const group = groups.get(key);
-    if (group) group.routes.push(route);
-    else groups.set(key, { token: route.token, key, routes: [route] });
-  }
-  return [...groups.values()];
 }
 
 export interface AppDeps {
@@ -74,7 +43,8 @@ export interface AppDeps {
   credentials: ReadonlyMap<string, ClientCredentials>;
   /** Contents of each `rateLimit.shared.passwordFile` by path, read at start-up with the credentials. */
   redisPasswords?: ReadonlyMap<string, string> | undefined;
-  env: Readonly<Record<string, string | undefined>>;
+  /** `M2M_PROXY_CLIENT_ID`/`_SECRET` as the configuration resolved them, for credential re-reads. */
+  envCredentials?: EnvCredentials | undefined;
   /** Resolved by `resolveTracing`; absent: tracing off, and OpenTelemetry is never loaded. */
   tracing?: TracingSettings | undefined;
   logger: Logger;
@@ -96,7 +66,7 @@ interface RouteParts {
 
 /** Wires the modules together and starts listening at once (the first tokens are fetched meanwhile). */
 export async function startApp(deps: AppDeps): Promise<App> {
-  const { config, logger, env } = deps;
+  const { config, logger } = deps;
   const clock = deps.clock ?? systemClock;
   const metrics = new Metrics(deps.registry ?? new Registry(), {
     ...(deps.version ? { version: deps.version } : {}),
@@ -132,7 +102,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
       new CredentialWatcher(
         credentialFiles(group.token.credentials),
         credentials,
-        () => readCredentials(group.token, env),
+        () => readCredentials(group.token, deps.envCredentials),
         (next) => {
           credentials = next;
           tokens.credentialsChanged();
@@ -166,7 +136,17 @@ export async function startApp(deps: AppDeps): Promise<App> {
       startRoute(route, { tokens, store, metrics, deps, clock, maxConnections, replay, requests }),
     );
   }
-  const admin = createAdminServer(metrics.registry, () => notReady(parts));
+  const readiness = parts.map((p) => ({
+    name: p.route.name,
+    get shuttingDown() {
+      return p.handler.shuttingDown;
+    },
+    hasToken: () => p.tokens.current() !== undefined,
+    get tokenExpiresAt() {
+      return p.tokens.expiresAt;
+    },
+  }));
+  const admin = createAdminServer(metrics.registry, () => notReady(readiness));
 
   // A file without routes names its keys as before (`listen.port`); a route's start `routes[i]`.
   const single = config.token !== undefined;
@@ -211,10 +191,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
 
   let shutdown: Promise<void> | undefined;
   return {
-    proxyAddress: (routes[0] as (typeof routes)[number]).address,
     routes,
-    adminAddress,
-    metrics,
     shutdown() {
       shutdown ??= (async () => {
         const deadline = clock.now() + config.shutdown.timeout;
@@ -237,26 +214,6 @@ export async function startApp(deps: AppDeps): Promise<App> {
       })();
       return shutdown;
     },
-  };
-}
-
-/**
- * Why the proxy is not ready, or `undefined` when every route holds a valid token: the whole
- * sidecar is one pod's readiness, and an application calling a route without a token would get
- * 503s. One route's reason is a string as before; several are named route by route.
- */
-function notReady(parts: readonly RouteParts[]): ReadinessReason | undefined {
-  if (parts.some((p) => p.handler.shuttingDown)) return 'shutting_down';
-  const routes: Record<string, string> = {};
-  for (const { route, tokens } of parts) {
-    if (tokens.current()) continue;
-    routes[route.name] = tokens.expiresAt === undefined ? 'no_token_yet' : 'token_expired';
-  }
-  const names = Object.keys(routes);
-  if (names.length === 0) return undefined;
-  return {
-    reason: names.length === 1 ? (routes[names[0] as string] as string) : 'routes_not_ready',
-    routes,
   };
 }
 
@@ -351,149 +308,12 @@ function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
     clock,
   });
 
-  // Node checks both timeouts on this interval (default 30 s, too coarse for a 10 s bound).
-  // A streamed body may take as long as the request may wait and run: never cut it sooner.
-  const requestTimeout =
-    limits.headersTimeout +
-    limits.bodyTimeout +
-    route.rateLimit.queue.timeout +
-    route.upstream.timeout;
-  /** The response each connection is answering, if any (a parse error must not contradict it). */
-  const answering = new WeakMap<Duplex, ServerResponse>();
-  const server = createServer(
-    {
-      headersTimeout: limits.headersTimeout,
-      requestTimeout,
-      connectionsCheckingInterval: Math.min(1000, limits.headersTimeout),
-    },
-    (req, res) => {
-      answering.set(req.socket, res);
-      handler.handle(req, res);
-    },
-  );
-  // Node's defaults (5 s keep-alive) would drop idle client connections sooner than clients expect.
-  server.keepAliveTimeout = 65_000;
-  server.maxConnections = parts.maxConnections;
-  /** Sockets already refused or closing (Node may report several parse errors for one socket). */
-  const closing = new WeakSet<Duplex>();
-  // Requests that never reach the handler: malformed HTTP, slow clients, CONNECT tunnels and
-  // protocol upgrades (an API sidecar forwards requests, not sockets). Answered in the
-  // catalogue's format, then the socket is destroyed once the answer is flushed: ending it alone
-  // would leave the descriptor to a client that keeps its half of the connection open.
-  const refuse = (socket: Duplex, error: ProxyError) => {
-    if (closing.has(socket)) return;
-    closing.add(socket);
-    routeMetrics.requestsRejected.inc({ reason: error.code });
-    if (!socket.writable) {
-      socket.destroy();
-      return;
-    }
-    socket.end(error.raw(), () => socket.destroy());
-  };
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    const res = answering.get(socket);
-    if (res && !res.writableFinished) {
-      // Bytes after a request that is being answered (pipelined garbage, a body cut by the
-      // request timeout): the request keeps its true answer, then the connection closes.
-      if (closing.has(socket)) return;
-      closing.add(socket);
-      socket.pause();
-      res.shouldKeepAlive = false;
-      res.once('close', () => socket.end(() => socket.destroy()));
-      return;
-    }
-    if (err.code === 'ECONNRESET') {
-      socket.destroy();
-      return;
-    }
-    refuse(
-      socket,
-      err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-        ? new ProxyError('request_timeout')
-        : new ProxyError('bad_request', 'The request is not valid HTTP.'),
-    );
+  const server = createProxyServer({
+    route,
+    limits,
+    handler,
+    metrics: routeMetrics,
+    maxConnections: parts.maxConnections,
   });
-  server.on('connect', (_: unknown, socket: Duplex) =>
-    refuse(
-      socket,
-      new ProxyError(
-        'bad_request',
-        'CONNECT is not supported: the proxy forwards to one upstream only.',
-      ),
-    ),
-  );
-  server.on('upgrade', (_: unknown, socket: Duplex) =>
-    refuse(socket, new ProxyError('bad_request', 'Protocol upgrades are not supported.')),
-  );
   return { route, tokens, pacer, forwarder, handler, server };
-}
-
-/**
- * An address from the configuration cannot be listened on (in use, not local, not permitted): a
- * configuration error, whose message names the key to change.
- */
-export class ListenError extends M2mError {
-  readonly code = 'listen_failed';
-
-  constructor(key: string, host: string, port: number, code: string | undefined) {
-    const why =
-      code === 'EADDRINUSE'
-        ? 'is already in use'
-        : code === 'EADDRNOTAVAIL'
-          ? 'is not an address of this host'
-          : code === 'EACCES'
-            ? 'may not be listened on by this user'
-            : `cannot be listened on (${code ?? 'error'})`;
-    super(`${key}.port / ${key}.host: ${host}:${port} ${why}`);
-  }
-}
-
-function listen(server: Server, host: string, port: number, key: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException) =>
-      reject(new ListenError(key, host, port, err.code));
-    server.once('error', onError);
-    server.listen(port, host, () => {
-      server.off('error', onError);
-      resolve();
-    });
-  });
-}
-
-function close(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    if (!server.listening) {
-      resolve();
-      return;
-    }
-    server.close(() => resolve());
-    server.closeIdleConnections();
-  });
-}
-
-/** Descriptors kept free for the admin port, the upstream pool, Redis, logs and watched files. */
-const RESERVED_FDS = 64;
-
-/**
- * `limits.connections`, lowered when the process's open-file limit could not hold that many
- * client connections beside what the proxy itself needs (a container with `ulimit -n 256`): past
- * the limit, `accept` fails and the admin port would stop answering too.
- */
-function connectionLimit(configured: number, logger: Logger): number {
-  let soft: number | undefined;
-  try {
-    const line = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
-    soft = line ? Number(line[1]) : undefined;
-  } catch {
-    soft = undefined; // not Linux: the configured value stands
-  }
-  if (soft === undefined || soft - RESERVED_FDS >= configured) return configured;
-  const lowered = Math.max(1, soft - RESERVED_FDS);
-  logger.warn({
-    event: 'connection_limit_lowered',
-    configured,
-    openFileLimit: soft,
-    connections: lowered,
-  });
-  return lowered;
 }

@@ -2,6 +2,7 @@ import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { RouteConfig } from '../config/config.js';
+import type { EnvCredentials } from '../config/environment.js';
 import { M2mError } from '../errors.js';
 import { Secret } from './secret.js';
 
@@ -62,15 +63,16 @@ export function credentialFiles(config: CredentialsConfig): string[] {
 }
 
 /**
- * Reads the credentials from the configured files, or from `M2M_PROXY_CLIENT_ID` and
- * `M2M_PROXY_CLIENT_SECRET` when no file is configured. Surrounding whitespace is trimmed: secret
- * files written with `echo` end in a newline that is not part of the secret.
+ * Reads the credentials from the configured files, or takes `fromEnv` (`M2M_PROXY_CLIENT_ID` and
+ * `M2M_PROXY_CLIENT_SECRET`, resolved by `envCredentials`) when no file is configured.
+ * Surrounding whitespace is trimmed: secret files written with `echo` end in a newline that is
+ * not part of the secret.
  */
 export async function readCredentials(
   token: RouteConfig['token'],
-  env: Readonly<Record<string, string | undefined>>,
+  fromEnv: EnvCredentials | undefined,
 ): Promise<ClientCredentials> {
-  const credentials = await readForm(token.credentials, env);
+  const credentials = await readForm(token.credentials, fromEnv);
   if (token.authMethod === 'private_key_jwt' && credentials.kind !== 'private_key') {
     throw new CredentialError(
       'token.credentials: private_key_jwt needs clientIdFile + privateKeyFile',
@@ -81,7 +83,7 @@ export async function readCredentials(
 
 async function readForm(
   config: CredentialsConfig,
-  env: Readonly<Record<string, string | undefined>>,
+  fromEnv: EnvCredentials | undefined,
 ): Promise<ClientCredentials> {
   if (config.authorizationFile) {
     const value = await readSecretFile(
@@ -117,9 +119,7 @@ async function readForm(
     );
     return { kind: 'secret', clientId, clientSecret: new Secret(secret) };
   }
-  const id = env.M2M_PROXY_CLIENT_ID?.trim();
-  const secret = env.M2M_PROXY_CLIENT_SECRET?.trim();
-  if (id && secret) return { kind: 'secret', clientId: id, clientSecret: new Secret(secret) };
+  if (fromEnv) return { kind: 'secret', ...fromEnv };
   throw new CredentialError(
     'token.credentials: no credentials configured (set authorizationFile, clientIdFile + clientSecretFile, ' +
       'clientIdFile + privateKeyFile, or the M2M_PROXY_CLIENT_ID and M2M_PROXY_CLIENT_SECRET environment variables)',

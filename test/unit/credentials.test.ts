@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import type { RouteConfig } from '../../src/config/config.js';
+import { envCredentials } from '../../src/config/environment.js';
 import {
   type ClientCredentials,
   CredentialError,
@@ -52,7 +53,7 @@ describe('reading credentials', () => {
     const b64 = Buffer.from('client:secret').toString('base64');
     const d = await dir({ full: `Basic ${b64}\n`, bare: `${b64}\n` });
     for (const f of ['full', 'bare']) {
-      const c = await readCredentials(token({ authorizationFile: join(d, f) }), {});
+      const c = await readCredentials(token({ authorizationFile: join(d, f) }), envCredentials({}));
       expect(c.kind === 'authorization' && c.authorization.reveal()).toBe(`Basic ${b64}`);
     }
   });
@@ -68,19 +69,24 @@ describe('reading credentials', () => {
     const d = await dir({ id: 'client-1\n', secret: 's3cret\n' });
     const c = await readCredentials(
       token({ clientIdFile: join(d, 'id'), clientSecretFile: join(d, 'secret') }),
-      {},
+      envCredentials({}),
     );
     expect(c).toMatchObject({ kind: 'secret', clientId: 'client-1' });
     expect(c.kind === 'secret' && c.clientSecret.reveal()).toBe('s3cret');
   });
 
   it('falls back to M2M_PROXY_CLIENT_ID and M2M_PROXY_CLIENT_SECRET', async () => {
-    const c = await readCredentials(token({}), {
-      M2M_PROXY_CLIENT_ID: 'env-id',
-      M2M_PROXY_CLIENT_SECRET: 'env-secret',
-    });
+    const c = await readCredentials(
+      token({}),
+      envCredentials({
+        M2M_PROXY_CLIENT_ID: 'env-id',
+        M2M_PROXY_CLIENT_SECRET: 'env-secret',
+      }),
+    );
     expect(c).toMatchObject({ kind: 'secret', clientId: 'env-id' });
-    await expect(readCredentials(token({}), {})).rejects.toThrow(/no credentials configured/);
+    await expect(readCredentials(token({}), envCredentials({}))).rejects.toThrow(
+      /no credentials configured/,
+    );
   });
 
   it.each([
@@ -100,7 +106,7 @@ describe('reading credentials', () => {
         { clientIdFile: join(d, 'id'), privateKeyFile: join(d, 'key'), keyId: 'k1' },
         'private_key_jwt',
       ),
-      {},
+      envCredentials({}),
     );
     expect(c).toMatchObject({ kind: 'private_key', clientId: 'client', alg, keyId: 'k1' });
     expect(inspect(c)).not.toContain('PRIVATE KEY');
@@ -122,10 +128,13 @@ describe('reading credentials', () => {
       token({ clientIdFile: join(d, 'id'), clientSecretFile: join(d, 'missing') }),
       token({}, 'private_key_jwt'),
     ]) {
-      const err = await readCredentials(creds, {
-        M2M_PROXY_CLIENT_ID: 'a',
-        M2M_PROXY_CLIENT_SECRET: 'b',
-      }).catch((e: unknown) => e);
+      const err = await readCredentials(
+        creds,
+        envCredentials({
+          M2M_PROXY_CLIENT_ID: 'a',
+          M2M_PROXY_CLIENT_SECRET: 'b',
+        }),
+      ).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(CredentialError);
       messages.push((err as Error).message);
     }
@@ -155,7 +164,7 @@ describe('credential rotation', () => {
       clientIdFile: join(root, 'client-id'),
       clientSecretFile: join(root, 'client-secret'),
     });
-    const initial = await readCredentials(config, {});
+    const initial = await readCredentials(config, envCredentials({}));
 
     const changes: ClientCredentials[] = [];
     const logs: string[] = [];
@@ -165,7 +174,7 @@ describe('credential rotation', () => {
       initial,
       () => {
         reads += 1;
-        return readCredentials(config, {});
+        return readCredentials(config, envCredentials({}));
       },
       (c) => changes.push(c),
       createLogger('info', { write: (s: string) => logs.push(s) }),
