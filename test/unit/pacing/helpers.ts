@@ -2,7 +2,7 @@ import { Registry } from 'prom-client';
 import { type Clock, systemClock } from '../../../src/clock.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
-import { QueuePacer } from '../../../src/pacing/pacer.js';
+import { QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import type { Reservation, SlotLimits, SlotStore } from '../../../src/pacing/types.js';
 
 /** Wraps a store and records every granted start time (clock ms, unrounded). */

@@ -4,12 +4,9 @@ import { systemClock } from '../../../src/clock.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { RateLimitedError } from '../../../src/pacing/errors.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
-import {
-  createPacer,
-  PassThroughPacer,
-  QueuePacer,
-  SENT_WAIT_MAX_MS,
-} from '../../../src/pacing/pacer.js';
+import { createPacer } from '../../../src/pacing/pacer.js';
+import { PassThroughPacer } from '../../../src/pacing/pass-through-pacer.js';
+import { QueuePacer, SENT_WAIT_MAX_MS } from '../../../src/pacing/queue-pacer.js';
 import { ProxyError, toProxyError } from '../../../src/proxy/errors.js';
 import { flush, metricValue, setup, track } from './helpers.js';
 
