@@ -13,7 +13,7 @@ import {
   credentialFiles,
   readCredentials,
 } from './credentials/credentials.js';
-import { CredentialWatcher, POLL_MS } from './credentials/watcher.js';
+import { CredentialWatcher } from './credentials/watcher.js';
 import { close, listen } from './listen.js';
 import { AccessLog } from './log/access.js';
 import { Audit } from './log/audit.js';
@@ -73,7 +73,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
   });
   // Loaded only when an OTLP endpoint is configured: tracing off costs no memory and no CPU.
   const tracing = deps.tracing
-    ? (await import('./tracing/otel.js')).startTracing(deps.tracing, { logger })
+    ? (await import('./tracing/otel.js')).startTracing(deps.tracing, { logger, clock })
     : undefined;
 
   const managers = new Map<string, TokenManager>();
@@ -90,7 +90,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     if (!credentials) throw new Error(`no credentials for the token of ${names.join(', ')}`);
     const tokens = new TokenManager({
       config: group.token,
-      source: new TokenClient(group.token),
+      source: new TokenClient({ config: group.token, clock }),
       credentials: () => credentials as ClientCredentials,
       clock,
       logger: groupLogger,
@@ -99,18 +99,18 @@ export async function startApp(deps: AppDeps): Promise<App> {
       renewals,
     });
     watchers.push(
-      new CredentialWatcher(
-        credentialFiles(group.token.credentials),
-        credentials,
-        () => readCredentials(group.token, deps.envCredentials),
-        (next) => {
+      new CredentialWatcher({
+        files: credentialFiles(group.token.credentials),
+        initial: credentials,
+        read: () => readCredentials(group.token, deps.envCredentials),
+        onChange: (next) => {
           credentials = next;
           tokens.credentialsChanged();
         },
-        groupLogger,
-        POLL_MS,
+        logger: groupLogger,
+        clock,
         audit,
-      ),
+      }),
     );
     for (const name of names) {
       managers.set(name, tokens);
@@ -290,7 +290,7 @@ function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
     metrics: routeMetrics,
     ...(store ? { store } : {}),
   });
-  const forwarder = new Forwarder(route.upstream);
+  const forwarder = new Forwarder({ config: route.upstream, clock });
   // The access log wraps the spans when both are on: the handler sees one observer.
   const observer = deps.config.log.access
     ? new AccessLog(deps.logger, route.name, parts.requests)

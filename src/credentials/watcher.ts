@@ -1,5 +1,6 @@
 import { type FSWatcher, readFileSync, watch } from 'node:fs';
 import { dirname } from 'node:path';
+import type { Clock, Timer } from '../clock.js';
 import { type Audit, fingerprint } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import { type ClientCredentials, sameCredentials } from './credentials.js';
@@ -14,6 +15,24 @@ const SETTLE_MS = 200;
  */
 export const POLL_MS = 60_000;
 
+/** What a `CredentialWatcher` watches, how it reads, and whom it tells. */
+export interface CredentialWatcherDeps {
+  /** The credential files (their directories are watched). */
+  files: readonly string[];
+  /** The credentials as read at start-up. */
+  initial: ClientCredentials;
+  /** Reads the credentials again (all files, the environment fallback). */
+  read: () => Promise<ClientCredentials>;
+  /** Called with credentials that differ from the last ones. */
+  onChange: (credentials: ClientCredentials) => void;
+  logger: Logger;
+  clock: Clock;
+  /** How often the files are re-read whatever the events say; `POLL_MS` by default. */
+  pollMs?: number;
+  /** The audit trail (`credentials_changed` per file); without it one plain log line. */
+  audit?: Audit | undefined;
+}
+
 /**
  * Watches the directories of the credential files. Kubernetes updates a secret volume by
  * writing a new timestamped directory and atomically renaming the `..data` symlink, so the file
@@ -23,82 +42,92 @@ export const POLL_MS = 60_000;
  */
 export class CredentialWatcher {
   readonly #watchers: FSWatcher[] = [];
-  #timer: NodeJS.Timeout | undefined;
-  readonly #poll: NodeJS.Timeout;
+  readonly #deps: CredentialWatcherDeps;
+  readonly #pollMs: number;
+  /** The settle timer after file events. */
+  #timer: Timer | undefined;
+  /** The periodic re-read, re-armed at each tick. */
+  #poll: Timer | undefined;
   #current: ClientCredentials;
   #closed = false;
   /** Fingerprint of each file's content as last read, to tell the audit trail which one changed. */
   readonly #prints = new Map<string, string | undefined>();
 
-  constructor(
-    private readonly files: readonly string[],
-    initial: ClientCredentials,
-    private readonly read: () => Promise<ClientCredentials>,
-    private readonly onChange: (credentials: ClientCredentials) => void,
-    private readonly logger: Logger,
-    pollMs = POLL_MS,
-    private readonly audit?: Audit,
-  ) {
-    this.#current = initial;
-    for (const file of files) this.#prints.set(file, filePrint(file));
-    this.#poll = setInterval(() => void this.#reload(), pollMs);
-    this.#poll.unref();
-    for (const dir of new Set(files.map((f) => dirname(f)))) {
+  constructor(deps: CredentialWatcherDeps) {
+    this.#deps = deps;
+    this.#pollMs = deps.pollMs ?? POLL_MS;
+    this.#current = deps.initial;
+    for (const file of deps.files) this.#prints.set(file, filePrint(file));
+    this.#armPoll();
+    for (const dir of new Set(deps.files.map((f) => dirname(f)))) {
       try {
         const watcher = watch(dir, { persistent: false }, () => this.#schedule());
         watcher.on('error', (err) =>
-          this.logger.warn({ event: 'credentials_watch_error', dir, err }),
+          deps.logger.warn({ event: 'credentials_watch_error', dir, err }),
         );
         this.#watchers.push(watcher);
       } catch (err) {
-        this.logger.warn({ event: 'credentials_watch_error', dir, err });
+        deps.logger.warn({ event: 'credentials_watch_error', dir, err });
       }
     }
   }
 
+  /** The next periodic re-read; the timer does not keep the process alive. */
+  #armPoll(): void {
+    this.#poll = this.#deps.clock.setTimeout(() => {
+      if (this.#closed) return;
+      this.#armPoll();
+      void this.#reload();
+    }, this.#pollMs);
+    this.#poll.unref?.();
+  }
+
   #schedule(): void {
     if (this.#closed) return;
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => void this.#reload(), SETTLE_MS);
+    const { clock } = this.#deps;
+    if (this.#timer !== undefined) clock.clearTimeout(this.#timer);
+    this.#timer = clock.setTimeout(() => void this.#reload(), SETTLE_MS);
   }
 
   async #reload(): Promise<void> {
     let next: ClientCredentials;
     try {
-      next = await this.read();
+      next = await this.#deps.read();
     } catch (err) {
       // The message names the file and the error code only (CredentialError never holds content).
-      this.logger.warn({ event: 'credentials_reload_failed', err });
+      this.#deps.logger.warn({ event: 'credentials_reload_failed', err });
       return;
     }
     if (this.#closed || sameCredentials(this.#current, next)) return;
     this.#current = next;
     this.#record();
-    this.onChange(next);
+    this.#deps.onChange(next);
   }
 
   /** One `credentials_changed` audit line per file whose content changed (one without files). */
   #record(): void {
-    if (!this.audit) {
-      this.logger.info({ event: 'credentials_changed' });
+    const { audit, files, logger } = this.#deps;
+    if (!audit) {
+      logger.info({ event: 'credentials_changed' });
       return;
     }
     let changed = 0;
-    for (const file of this.files) {
+    for (const file of files) {
       const before = this.#prints.get(file);
       const now = filePrint(file);
       this.#prints.set(file, now);
       if (now === before) continue;
       changed += 1;
-      this.audit.credentialsChanged(file, now);
+      audit.credentialsChanged(file, now);
     }
-    if (changed === 0) this.audit.credentialsChanged(undefined, undefined);
+    if (changed === 0) audit.credentialsChanged(undefined, undefined);
   }
 
   close(): void {
     this.#closed = true;
-    clearTimeout(this.#timer);
-    clearInterval(this.#poll);
+    const { clock } = this.#deps;
+    if (this.#timer !== undefined) clock.clearTimeout(this.#timer);
+    if (this.#poll !== undefined) clock.clearTimeout(this.#poll);
     for (const w of this.#watchers) w.close();
   }
 }

@@ -33,6 +33,10 @@ export class AccessLog implements RequestObserver {
 /** One request's line, filled in as the handler reports its steps. */
 class AccessRecord implements RequestObservation {
   readonly stats: TransferStats;
+  /**
+   * Durations use `performance.now()`, not the injected clock: sub-millisecond intervals for the
+   * log line, never a deadline, so fake time has nothing to control here.
+   */
   readonly #started = performance.now();
   #queueStartedAt = 0;
   #queueMs = 0;

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { inspect } from 'node:util';
 import { Redis, type RedisOptions } from 'ioredis';
+import { type Clock, systemClock } from '../clock.js';
 import { M2mError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
@@ -47,6 +48,8 @@ export interface RedisSlotStoreOptions extends SlotLimits {
   commandTimeoutMs?: number | undefined;
   /** TCP + TLS + AUTH connect timeout in ms; see {@link DEFAULT_CONNECT_TIMEOUT_MS}. */
   connectTimeoutMs?: number | undefined;
+  /** The command timeout's timer; the system clock when absent. */
+  clock?: Clock | undefined;
 }
 
 /**
@@ -119,6 +122,7 @@ export class RedisSlotStore implements SharedSlotStore {
   readonly #metrics: SharedBudgetMetrics;
   readonly #password: string | undefined;
   readonly #timeoutMs: number;
+  readonly #clock: Clock;
   readonly #connectTimeoutMs: number;
   readonly #where: string;
   readonly #lostListeners: ((error: Error) => void)[] = [];
@@ -155,6 +159,7 @@ export class RedisSlotStore implements SharedSlotStore {
     this.#metrics = options.metrics;
     this.#password = options.password === '' ? undefined : options.password;
     this.#timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    this.#clock = options.clock ?? systemClock;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.#where = describeUrl(options.url);
     const redisOptions: RedisOptions = {
@@ -333,17 +338,18 @@ export class RedisSlotStore implements SharedSlotStore {
   #call<T>(command: Promise<T>): Promise<T> {
     const ms = this.#timeoutMs;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(
+      const clock = this.#clock;
+      const timer = clock.setTimeout(
         () => setImmediate(() => reject(new Error(`no answer within ${ms} ms`))),
         ms,
       );
       command.then(
         (reply) => {
-          clearTimeout(timer);
+          clock.clearTimeout(timer);
           resolve(reply);
         },
         (error: unknown) => {
-          clearTimeout(timer);
+          clock.clearTimeout(timer);
           reject(error);
         },
       );

@@ -2,6 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
+import type { Clock, Timer } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
 import { ConfigError } from '../config/load.js';
 import { M2mError } from '../errors.js';
@@ -96,6 +97,16 @@ class UpstreamTimedOut extends M2mError {
   }
 }
 
+/** What a `Forwarder` is built from. */
+export interface ForwarderDeps {
+  /** The route's upstream block (`url`, `timeout`, `caFile`). */
+  config: RouteConfig['upstream'];
+  /** The `upstream.timeout` timer of every attempt. */
+  clock: Clock;
+  /** Where requests go; a keep-alive `Pool` to the upstream's origin when absent. */
+  dispatcher?: Dispatcher | undefined;
+}
+
 /**
  * Sends requests to the one upstream over a keep-alive undici `Pool` and streams each response
  * straight into the client's `ServerResponse` (no buffering in either direction).
@@ -103,12 +114,15 @@ class UpstreamTimedOut extends M2mError {
 export class Forwarder {
   readonly #pool: Dispatcher;
   readonly #timeout: number;
+  readonly #clock: Clock;
 
-  constructor(config: RouteConfig['upstream'], dispatcher?: Dispatcher) {
+  constructor(deps: ForwarderDeps) {
+    const { config } = deps;
     const origin = new URL(config.url).origin;
     this.#timeout = config.timeout;
+    this.#clock = deps.clock;
     this.#pool =
-      dispatcher ??
+      deps.dispatcher ??
       new Pool(origin, {
         // A whole-response timer in `send` enforces upstream.timeout. Undici's own timers sit a
         // second behind it, so they never race it at the boundary (its errors are timeouts too,
@@ -130,8 +144,11 @@ export class Forwarder {
       return Promise.reject(cancel.reason);
     }
     return new Promise((resolve, reject) => {
-      const exchange = new Exchange(out, res, cancel, resolve, reject);
-      exchange.timer = setTimeout(() => cancel.cancel(new UpstreamTimedOut()), this.#timeout);
+      const exchange = new Exchange(out, res, cancel, this.#clock, resolve, reject);
+      exchange.timer = this.#clock.setTimeout(
+        () => cancel.cancel(new UpstreamTimedOut()),
+        this.#timeout,
+      );
       cancel.onCancel = exchange.onCancel;
       this.#pool.dispatch(
         {
@@ -157,22 +174,40 @@ export class Forwarder {
  * first error, or at the cancellation (at once, even while undici is still connecting).
  */
 class Exchange implements Dispatcher.DispatchHandler {
-  timer: NodeJS.Timeout | undefined;
+  timer: Timer | undefined;
   #abort: ((err?: Error) => void) | undefined;
   #resume: (() => void) | undefined;
   #attempt: Attempt | undefined;
   #settled = false;
   /** `out.onWire` was called (once per attempt). */
   #wired = false;
+  /**
+   * `performance.now()`, not the clock: a sub-millisecond interval for the upstream duration
+   * histogram, never a deadline or a time of day, so fake time has nothing to control here.
+   */
   readonly #sentAt = performance.now();
+  readonly #out: Outgoing;
+  readonly #res: ServerResponse;
+  readonly #cancel: Cancellation;
+  readonly #clock: Clock;
+  readonly #resolve: (attempt: Attempt) => void;
+  readonly #reject: (err: unknown) => void;
 
   constructor(
-    private readonly out: Outgoing,
-    private readonly res: ServerResponse,
-    private readonly cancel: Cancellation,
-    private readonly resolve: (attempt: Attempt) => void,
-    private readonly reject: (err: unknown) => void,
-  ) {}
+    out: Outgoing,
+    res: ServerResponse,
+    cancel: Cancellation,
+    clock: Clock,
+    resolve: (attempt: Attempt) => void,
+    reject: (err: unknown) => void,
+  ) {
+    this.#out = out;
+    this.#res = res;
+    this.#cancel = cancel;
+    this.#clock = clock;
+    this.#resolve = resolve;
+    this.#reject = reject;
+  }
 
   readonly onCancel = (): void => {
     this.#abort?.(new Error('cancelled'));
@@ -193,7 +228,7 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     if (statusCode < 200) return true; // informational (103 Early Hints): not forwarded
-    const delivered = !(statusCode === 401 && this.out.replayOn401?.());
+    const delivered = !(statusCode === 401 && this.#out.replayOn401?.());
     this.#attempt = {
       status: statusCode,
       rawHeaders,
@@ -201,7 +236,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       headersAfter: (performance.now() - this.#sentAt) / 1000,
     };
     if (delivered) {
-      this.res.writeHead(statusCode, responseHeaders(rawHeaders));
+      this.#res.writeHead(statusCode, responseHeaders(rawHeaders));
       this.#resume = resume;
     }
     return true;
@@ -212,18 +247,18 @@ class Exchange implements Dispatcher.DispatchHandler {
    * passes the chunk, though its types still declare the older `(chunkSize, total)`.
    */
   onBodySent(chunk: number | Buffer | string): void {
-    const stats = this.out.stats;
-    if (stats && this.out.body !== null && !Buffer.isBuffer(this.out.body))
+    const stats = this.#out.stats;
+    if (stats && this.#out.body !== null && !Buffer.isBuffer(this.#out.body))
       stats.bytesIn += typeof chunk === 'number' ? chunk : Buffer.byteLength(chunk);
   }
 
   onData(chunk: Buffer): boolean {
     // Discarded (a 401 to replay), or nobody to deliver it to any more.
-    if (!this.#attempt?.delivered || this.#settled || this.res.destroyed) return true;
-    if (this.out.stats) this.out.stats.bytesOut += chunk.length;
-    if (this.res.write(chunk)) return true;
+    if (!this.#attempt?.delivered || this.#settled || this.#res.destroyed) return true;
+    if (this.#out.stats) this.#out.stats.bytesOut += chunk.length;
+    if (this.#res.write(chunk)) return true;
     // The client reads slower than the upstream sends: undici stops reading until it drains.
-    if (this.#resume) this.res.once('drain', this.#resume);
+    if (this.#resume) this.#res.once('drain', this.#resume);
     return false;
   }
 
@@ -231,8 +266,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#settled) return;
     this.#finish();
     const attempt = this.#attempt as Attempt;
-    if (attempt.delivered) this.res.end();
-    this.resolve(attempt);
+    if (attempt.delivered) this.#res.end();
+    this.#resolve(attempt);
   }
 
   onError(err: Error): void {
@@ -242,30 +277,30 @@ class Exchange implements Dispatcher.DispatchHandler {
   #fail(err: unknown): void {
     if (this.#settled) return;
     this.#finish();
-    const { cancel } = this;
+    const cancel = this.#cancel;
     const timedOut =
       cancel.reason instanceof UpstreamTimedOut ||
       (!cancel.cancelled && TIMEOUT_CODES.has((err as { code?: string } | undefined)?.code ?? ''));
     // A timeout is a timeout whichever timer saw it first: the class of the answer must not
     // depend on which of two timers set to the same instant fires first.
-    if (err instanceof SlotForfeited) this.reject(err);
-    else if (timedOut) this.reject(new ProxyError('upstream_timeout'));
-    else if (cancel.cancelled) this.reject(cancel.reason);
+    if (err instanceof SlotForfeited) this.#reject(err);
+    else if (timedOut) this.#reject(new ProxyError('upstream_timeout'));
+    else if (cancel.cancelled) this.#reject(cancel.reason);
     else if (this.#attempt)
-      this.reject(err); // the response had begun: nothing to replace it
-    else this.reject(new ProxyError('upstream_unreachable', undefined, { cause: err }));
+      this.#reject(err); // the response had begun: nothing to replace it
+    else this.#reject(new ProxyError('upstream_unreachable', undefined, { cause: err }));
   }
 
   #onWire(): boolean {
     if (this.#wired) return true;
     this.#wired = true;
-    return this.out.onWire();
+    return this.#out.onWire();
   }
 
   #finish(): void {
     this.#onWire(); // ended before reaching the wire: the pacer must not wait for it
     this.#settled = true;
-    clearTimeout(this.timer);
-    if (this.cancel.onCancel === this.onCancel) this.cancel.onCancel = undefined;
+    if (this.timer !== undefined) this.#clock.clearTimeout(this.timer);
+    if (this.#cancel.onCancel === this.onCancel) this.#cancel.onCancel = undefined;
   }
 }

@@ -67,7 +67,10 @@ export class ProxyHandler {
   /** Tells the pacer an attempt reached the wire (one function for every request). */
   readonly #onWire: () => boolean;
 
-  constructor(private readonly deps: HandlerDeps) {
+  readonly #deps: HandlerDeps;
+
+  constructor(deps: HandlerDeps) {
+    this.#deps = deps;
     this.#prefix = pathPrefix(new URL(deps.config.upstream.url));
     this.#onWire = () => deps.pacer.sent();
   }
@@ -83,7 +86,7 @@ export class ProxyHandler {
 
   /** Node's `request` listener. */
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
-    const observed = this.deps.observer?.begin(req, res);
+    const observed = this.#deps.observer?.begin(req, res);
     if (this.#shuttingDown) {
       this.#reject(res, new ProxyError('shutting_down'));
       return;
@@ -114,10 +117,11 @@ export class ProxyHandler {
   async drain(timeoutMs: number): Promise<number> {
     this.#shuttingDown = true;
     if (this.#inFlight === 0) return 0;
+    const { clock } = this.#deps;
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, timeoutMs);
+      const timer = clock.setTimeout(resolve, timeoutMs);
       this.#drained = () => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         resolve();
       };
     });
@@ -130,7 +134,7 @@ export class ProxyHandler {
     path: string,
     observed: RequestObservation | undefined,
   ): Promise<void> {
-    const { config, clock, tokens } = this.deps;
+    const { config, clock, tokens } = this.#deps;
     const cancel = new Cancellation();
     const onClose = () => {
       if (!res.writableFinished) cancel.cancel(new ClientGone());
@@ -177,7 +181,7 @@ export class ProxyHandler {
     } catch (err) {
       this.#fail(req, res, cancel.reason instanceof ClientGone ? cancel.reason : err);
     } finally {
-      this.deps.replay.held -= kept;
+      this.#deps.replay.held -= kept;
       this.#inFlight -= 1;
       if (this.#inFlight === 0) this.#drained?.();
     }
@@ -185,8 +189,8 @@ export class ProxyHandler {
 
   /** The fast path: a token is held and the pacer lets the request start without waiting. */
   #startNow(): Secret | undefined {
-    const token = this.deps.tokens.current();
-    return token && this.deps.pacer.tryAcquireNow() ? token : undefined;
+    const token = this.#deps.tokens.current();
+    return token && this.#deps.pacer.tryAcquireNow() ? token : undefined;
   }
 
   /** Waits for a valid token and a pacing slot within one deadline; returns the token to use. */
@@ -195,7 +199,7 @@ export class ProxyHandler {
     cancel: Cancellation,
     observed: RequestObservation | undefined,
   ): Promise<Secret> {
-    const { pacer, tokens } = this.deps;
+    const { pacer, tokens } = this.#deps;
     const acquired = pacer.acquire({
       deadline,
       signal: cancel.signal,
@@ -228,14 +232,14 @@ export class ProxyHandler {
     cancel: Cancellation,
     observed: RequestObservation | undefined,
   ): Promise<{ delivered: boolean }> {
-    const { metrics, clock, pacer } = this.deps;
+    const { metrics, clock, pacer } = this.#deps;
     withBearer(outgoing.headers, token.reveal());
     let attempt: Attempt;
     for (;;) {
       try {
         if (observed) {
           observed.attemptStarted(outgoing.headers);
-          attempt = await this.deps.forwarder.send(outgoing, res, cancel).then(
+          attempt = await this.#deps.forwarder.send(outgoing, res, cancel).then(
             (a) => {
               observed.attemptEnded(a.status);
               return a;
@@ -245,30 +249,30 @@ export class ProxyHandler {
               throw err;
             },
           );
-        } else attempt = await this.deps.forwarder.send(outgoing, res, cancel);
+        } else attempt = await this.#deps.forwarder.send(outgoing, res, cancel);
         break;
       } catch (err) {
         if (!(err instanceof SlotForfeited)) throw err;
         // Stalled between its pacing slot and the socket: nothing was sent; pace it again.
         const again = await this.#slot(
-          clock.now() + this.deps.config.rateLimit.queue.timeout,
+          clock.now() + this.#deps.config.rateLimit.queue.timeout,
           cancel,
           undefined,
         );
         withBearer(outgoing.headers, again.reveal());
       }
     }
-    if (attempt.status !== 401) this.deps.tokens.accepted(token);
+    if (attempt.status !== 401) this.#deps.tokens.accepted(token);
     // A 401 that goes back to the client (a streamed body, or the replay's own 401) still renews
     // the token: at once if it had worked, else within the 401 backoff (the manager decides).
-    else if (attempt.delivered) void this.deps.tokens.renewAfterRejection(token);
+    else if (attempt.delivered) void this.#deps.tokens.renewAfterRejection(token);
     metrics.upstreamResponse(attempt.status);
     metrics.upstreamDuration.observe(attempt.headersAfter);
     if (attempt.status === 429 || attempt.status === 503) {
       const wait = retryAfterMs(rawHeader(attempt.rawHeaders, 'retry-after'), clock.now());
       if (wait !== undefined) {
         pacer.pauseUntil(clock.now() + wait); // the pacer caps it at queue.timeout
-        this.deps.logger.warn({
+        this.#deps.logger.warn({
           event: 'upstream_pushback',
           status: attempt.status,
           pauseMs: wait,
@@ -288,16 +292,16 @@ export class ProxyHandler {
     const length = head.contentLength;
     if (length === undefined) return 0;
     const declared = Number(length);
-    const budget = this.deps.limits.replayBytes;
+    const budget = this.#deps.limits.replayBytes;
     if (!(declared > 0 && declared <= REPLAY_LIMIT_BYTES) || budget === 0) return 0;
-    if (this.deps.replay.held + declared > budget) {
+    if (this.#deps.replay.held + declared > budget) {
       throw new ProxyError(
         'rate_limited',
         'Too many request bodies are held for the upstream: try again shortly.',
         { retryAfterMs: 1000 },
       );
     }
-    this.deps.replay.held += declared;
+    this.#deps.replay.held += declared;
     return declared;
   }
 
@@ -315,7 +319,7 @@ export class ProxyHandler {
    * `request_timeout` (nothing has been sent upstream yet).
    */
   #read(req: IncomingMessage, declared: number): Promise<Buffer> {
-    const { clock, limits } = this.deps;
+    const { clock, limits } = this.#deps;
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       const timer = clock.setTimeout(
@@ -340,14 +344,14 @@ export class ProxyHandler {
 
   #fail(req: IncomingMessage, res: ServerResponse, err: unknown): void {
     if (err instanceof ClientGone) {
-      this.deps.logger.debug({ event: 'client_gone', method: req.method });
+      this.#deps.logger.debug({ event: 'client_gone', method: req.method });
       return;
     }
     const error = toProxyError(err);
     if (!error || res.headersSent) {
       // A failure after the upstream's response began: the only honest signal left is to cut
       // the connection so the client sees a truncated response, not a complete wrong one.
-      this.deps.logger.warn({
+      this.#deps.logger.warn({
         event: 'response_aborted',
         err,
         code: error?.code,
@@ -357,7 +361,7 @@ export class ProxyHandler {
     }
     if (error.code === 'upstream_unreachable') {
       const cause = error.cause as NodeJS.ErrnoException | undefined;
-      this.deps.logger.warn({
+      this.#deps.logger.warn({
         event: 'upstream_unreachable',
         code: cause?.code,
         err: cause,
@@ -367,7 +371,7 @@ export class ProxyHandler {
   }
 
   #reject(res: ServerResponse, error: ProxyError): void {
-    this.deps.metrics.requestsRejected.inc({ reason: error.code });
+    this.#deps.metrics.requestsRejected.inc({ reason: error.code });
     // The connection closes after the proxy's own error, and Node then destroys the socket once
     // the answer is flushed: a client that keeps its half open cannot hold the descriptor.
     res.shouldKeepAlive = false;

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { type Dispatcher, request } from 'undici';
+import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
 import { type ClientCredentials, splitBasic } from '../credentials/credentials.js';
 import { Secret } from '../credentials/secret.js';
@@ -71,23 +72,38 @@ export interface TokenSource {
   requestToken(credentials: ClientCredentials): Promise<IssuedToken>;
 }
 
+/** What a `TokenClient` is built from. */
+export interface TokenClientDeps {
+  /** The route's token block. */
+  config: RouteConfig['token'];
+  /** For the assertion's `iat`/`exp` and a JWT's remaining lifetime. */
+  clock: Clock;
+  /** The HTTP client; undici's global dispatcher when absent. */
+  dispatcher?: Dispatcher | undefined;
+}
+
 /**
  * The client-credentials grant (RFC 6749 §4.4) against `token.url`, with
  * `client_secret_basic` (§2.3.1), `client_secret_post` (§2.3.1) or `private_key_jwt`
  * (RFC 7523 §2.2, OpenID Connect Core §9).
  */
 export class TokenClient implements TokenSource {
-  constructor(
-    private readonly config: RouteConfig['token'],
-    private readonly dispatcher?: Dispatcher,
-  ) {}
+  readonly #config: RouteConfig['token'];
+  readonly #clock: Clock;
+  readonly #dispatcher: Dispatcher | undefined;
+
+  constructor(deps: TokenClientDeps) {
+    this.#config = deps.config;
+    this.#clock = deps.clock;
+    this.#dispatcher = deps.dispatcher;
+  }
 
   async requestToken(credentials: ClientCredentials): Promise<IssuedToken> {
-    const form = new URLSearchParams(this.config.params);
+    const form = new URLSearchParams(this.#config.params);
     form.set('grant_type', 'client_credentials');
-    if (this.config.scope) form.set('scope', this.config.scope);
-    if (this.config.audience) form.set('audience', this.config.audience);
-    if (this.config.resource) form.set('resource', this.config.resource);
+    if (this.#config.scope) form.set('scope', this.#config.scope);
+    if (this.#config.audience) form.set('audience', this.#config.audience);
+    if (this.#config.resource) form.set('resource', this.#config.resource);
     const headers: Record<string, string> = {
       'content-type': 'application/x-www-form-urlencoded',
       accept: 'application/json',
@@ -97,12 +113,12 @@ export class TokenClient implements TokenSource {
     let status: number;
     let text: string;
     try {
-      const res = await request(this.config.url, {
+      const res = await request(this.#config.url, {
         method: 'POST',
         headers,
         body: form.toString(),
-        signal: AbortSignal.timeout(this.config.timeout),
-        ...(this.dispatcher ? { dispatcher: this.dispatcher } : {}),
+        signal: AbortSignal.timeout(this.#config.timeout),
+        ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}),
       });
       status = res.statusCode;
       text = await res.body.text();
@@ -111,7 +127,7 @@ export class TokenClient implements TokenSource {
       if (name === 'TimeoutError' || name === 'AbortError') {
         throw new TokenRequestError(
           'timeout',
-          `no answer from the token endpoint within ${this.config.timeout} ms`,
+          `no answer from the token endpoint within ${this.#config.timeout} ms`,
         );
       }
       throw new TokenRequestError(
@@ -121,7 +137,10 @@ export class TokenClient implements TokenSource {
     }
     const issued = parseTokenResponse(status, text);
     if (issued.lifetimeMs !== undefined) return issued;
-    return { ...issued, lifetimeMs: await jwtLifetime(issued.accessToken.reveal()) };
+    return {
+      ...issued,
+      lifetimeMs: await jwtLifetime(issued.accessToken.reveal(), this.#clock.now()),
+    };
   }
 
   async #authenticate(
@@ -129,7 +148,7 @@ export class TokenClient implements TokenSource {
     form: URLSearchParams,
     headers: Record<string, string>,
   ): Promise<void> {
-    const method = this.config.authMethod;
+    const method = this.#config.authMethod;
     if (method === 'private_key_jwt') {
       if (c.kind !== 'private_key')
         throw new TokenRequestError('invalid_response', 'private_key_jwt needs a private key');
@@ -154,12 +173,12 @@ export class TokenClient implements TokenSource {
 
   async #assertion(c: Extract<ClientCredentials, { kind: 'private_key' }>): Promise<string> {
     const { SignJWT } = await loadJose();
-    const now = Math.floor(Date.now() / 1000);
+    const now = Math.floor(this.#clock.now() / 1000);
     return new SignJWT({})
       .setProtectedHeader({ alg: c.alg, typ: 'JWT', ...(c.keyId ? { kid: c.keyId } : {}) })
       .setIssuer(c.clientId)
       .setSubject(c.clientId)
-      .setAudience(this.config.url)
+      .setAudience(this.#config.url)
       .setJti(randomUUID())
       .setIssuedAt(now)
       .setExpirationTime(now + ASSERTION_LIFETIME_S)
@@ -224,12 +243,15 @@ export function parseTokenResponse(status: number, text: string): IssuedToken {
   return { accessToken: new Secret(accessToken), lifetimeMs: seconds * 1000, scope };
 }
 
-/** Remaining lifetime from a JWT access token's `exp`, read without verification (it is not ours to verify). */
-export async function jwtLifetime(token: string): Promise<number | undefined> {
+/**
+ * Remaining lifetime at `now` (epoch ms) from a JWT access token's `exp`, read without
+ * verification (it is not ours to verify).
+ */
+export async function jwtLifetime(token: string, now: number): Promise<number | undefined> {
   const { decodeJwt } = await loadJose();
   try {
     const { exp } = decodeJwt(token);
-    return typeof exp === 'number' ? exp * 1000 - Date.now() : undefined;
+    return typeof exp === 'number' ? exp * 1000 - now : undefined;
   } catch {
     return undefined;
   }

@@ -46,6 +46,7 @@ import {
   ATTR_URL_SCHEME,
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
+import type { Clock, Timer } from '../clock.js';
 import type { SamplerSettings, TracingSettings } from '../config/tracing.js';
 import type { Logger } from '../log/logger.js';
 import { ERROR_HEADER, proxyErrorCode } from '../proxy/errors.js';
@@ -71,6 +72,8 @@ const EXPORT_WARNING_INTERVAL_MS = 60_000;
 /** What the tracer needs to describe the proxy's peers. */
 export interface TracingDeps {
   logger: Logger;
+  /** The export-warning throttle and the flush timeout at shutdown. */
+  clock: Clock;
 }
 
 /** One route's (or one shared token's) peers, for its spans. */
@@ -99,7 +102,7 @@ export function startTracing(settings: TracingSettings, deps: TracingDeps): Trac
   let lastWarning = Number.NEGATIVE_INFINITY;
   // The SDK reports export failures here (its default handler writes to the silent diag logger).
   setGlobalErrorHandler((err) => {
-    const now = Date.now();
+    const now = deps.clock.now();
     if (now - lastWarning < EXPORT_WARNING_INTERVAL_MS) return;
     lastWarning = now;
     deps.logger.warn({
@@ -139,16 +142,16 @@ export function startTracing(settings: TracingSettings, deps: TracingDeps): Trac
       return { begin: (req, res) => new RequestTrace(tracer, tokenSpans, route, peer, req, res) };
     },
     async shutdown(timeoutMs) {
-      let timer: NodeJS.Timeout | undefined;
+      let timer: Timer | undefined;
       const timeout = new Promise<'timeout'>((resolve) => {
-        timer = setTimeout(() => resolve('timeout'), timeoutMs);
-        timer.unref();
+        timer = deps.clock.setTimeout(() => resolve('timeout'), timeoutMs);
+        timer.unref?.();
       });
       const done = await Promise.race([
         provider.shutdown().then(() => 'flushed' as const),
         timeout,
       ]);
-      clearTimeout(timer);
+      if (timer !== undefined) deps.clock.clearTimeout(timer);
       if (done === 'timeout') deps.logger.warn({ event: 'tracing_flush_timeout', timeoutMs });
     },
   };
@@ -414,7 +417,11 @@ class RequestTrace implements RequestObservation {
   }
 }
 
-/** The epoch time (ms) of `performance.now()`'s zero, read once. */
+/**
+ * The epoch time (ms) of `performance.now()`'s zero, read once. Span times are not the injected
+ * clock's on purpose: the exporter needs real, monotonic, sub-millisecond times, and no
+ * behaviour depends on them (fake time has nothing to control here).
+ */
 const anchor = Date.now() - performance.now();
 
 /**

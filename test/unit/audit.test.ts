@@ -91,10 +91,14 @@ describe('audit trail', () => {
       const idFile = await dir.write('client-id', 'app\n');
       const secretFile = await dir.write('client-secret', 'first-secret-Q1w2e3\n');
       let reads = 0;
-      const watcher = new CredentialWatcher(
-        [idFile, secretFile],
-        { kind: 'secret', clientId: 'app', clientSecret: new Secret('first-secret-Q1w2e3') },
-        async () => {
+      const watcher = new CredentialWatcher({
+        files: [idFile, secretFile],
+        initial: {
+          kind: 'secret',
+          clientId: 'app',
+          clientSecret: new Secret('first-secret-Q1w2e3'),
+        },
+        read: async () => {
           reads += 1;
           return {
             kind: 'secret',
@@ -102,11 +106,12 @@ describe('audit trail', () => {
             clientSecret: new Secret(reads > 1 ? 'second-secret-R4t5y6' : 'first-secret-Q1w2e3'),
           };
         },
-        () => undefined,
-        sink.logger,
-        50,
-        new Audit(sink.logger, 'default'),
-      );
+        onChange: () => undefined,
+        logger: sink.logger,
+        pollMs: 50,
+        audit: new Audit(sink.logger, 'default'),
+        clock: systemClock,
+      });
       try {
         await writeFile(secretFile, 'second-secret-R4t5y6\n');
         await until(() => sink.lines.some((l) => l.includes('credentials_changed')), 5000);

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/clock.js';
 import type { RouteConfig } from '../../src/config/config.js';
 import { envCredentials } from '../../src/config/environment.js';
 import {
@@ -169,16 +170,17 @@ describe('credential rotation', () => {
     const changes: ClientCredentials[] = [];
     const logs: string[] = [];
     let reads = 0;
-    const watcher = new CredentialWatcher(
-      [join(root, 'client-secret')],
-      initial,
-      () => {
+    const watcher = new CredentialWatcher({
+      files: [join(root, 'client-secret')],
+      initial: initial,
+      read: () => {
         reads += 1;
         return readCredentials(config, envCredentials({}));
       },
-      (c) => changes.push(c),
-      createLogger('info', { write: (s: string) => logs.push(s) }),
-    );
+      onChange: (c) => changes.push(c),
+      logger: createLogger('info', { write: (s: string) => logs.push(s) }),
+      clock: systemClock,
+    });
     try {
       await mkdir(join(root, '..2026_11_25_02'));
       await writeFile(join(root, '..2026_11_25_02', 'client-secret'), 'new-secret');
@@ -210,14 +212,15 @@ describe('credential rotation', () => {
     };
     let next = initial;
     const changes: ClientCredentials[] = [];
-    const watcher = new CredentialWatcher(
-      [],
-      initial,
-      async () => next,
-      (c) => changes.push(c),
-      createLogger('silent'),
-      50,
-    );
+    const watcher = new CredentialWatcher({
+      files: [],
+      initial: initial,
+      read: async () => next,
+      onChange: (c) => changes.push(c),
+      logger: createLogger('silent'),
+      pollMs: 50,
+      clock: systemClock,
+    });
     try {
       await new Promise((r) => setTimeout(r, 200));
       expect(changes).toHaveLength(0); // the same credentials read again: no renewal

@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import { type Dispatcher, errors } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { systemClock } from '../../src/clock.js';
 import { Cancellation } from '../../src/proxy/cancellation.js';
 import { ProxyError } from '../../src/proxy/errors.js';
 import { Forwarder, type Outgoing } from '../../src/proxy/forward.js';
@@ -33,7 +34,7 @@ const res = {} as ServerResponse; // never written to: no response headers arriv
 const UPSTREAM = { url: 'http://upstream.test/api', timeout: 2000 };
 
 async function classify(dispatcher: Dispatcher, advance: number): Promise<unknown> {
-  const forwarder = new Forwarder(UPSTREAM, dispatcher);
+  const forwarder = new Forwarder({ config: UPSTREAM, clock: systemClock, dispatcher });
   const result = forwarder.send(outgoing(), res, new Cancellation()).catch((e: unknown) => e);
   await vi.advanceTimersByTimeAsync(advance);
   return result;

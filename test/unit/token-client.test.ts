@@ -42,10 +42,10 @@ describe('token responses', () => {
       JSON.stringify({ access_token: jwt({ exp }), token_type: 'Bearer' }),
     );
     expect(t.lifetimeMs).toBeUndefined(); // requestToken then reads the JWT
-    const lifetime = await jwtLifetime(t.accessToken.reveal());
+    const lifetime = await jwtLifetime(t.accessToken.reveal(), Date.now());
     expect(lifetime).toBeGreaterThan(118_000);
     expect(lifetime).toBeLessThanOrEqual(120_000);
-    expect(await jwtLifetime('opaque-token')).toBeUndefined();
+    expect(await jwtLifetime('opaque-token', Date.now())).toBeUndefined();
   });
 
   it('leaves the lifetime unknown when neither is present', () => {
