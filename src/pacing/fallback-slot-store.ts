@@ -79,7 +79,7 @@ export class FallbackSlotStore implements SlotStore {
   readonly #audit: Audit | undefined;
   readonly #heartbeatIntervalMs: number;
   #up = true;
-  /** The latest granted reservation came from the shared budget (for `mayStart`, `started`). */
+  /** The latest granted reservation came from the shared budget (for `mayStart`, `onWireLate`). */
   #lastShared = true;
   /** Replicas on the key at the latest heartbeat; undefined until one answered. */
   #replicas: number | undefined;
@@ -166,9 +166,9 @@ export class FallbackSlotStore implements SlotStore {
     return store?.mayStart?.(lateMs) ?? true;
   }
 
-  /** See `SlotStore.started`: only the local store can move a recorded start. */
-  started(lateMs: number): void {
-    if (!this.#lastShared) this.#local?.started?.(lateMs);
+  /** See `SlotStore.onWireLate`: only the local store can move a recorded start. */
+  onWireLate(lateMs: number): void {
+    if (!this.#lastShared) this.#local?.onWireLate?.(lateMs);
   }
 
   async close(): Promise<void> {

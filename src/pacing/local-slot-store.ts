@@ -61,7 +61,7 @@ export class LocalSlotStore implements SlotStore {
   /** GCRA tolerance: how far ahead of `tat` a start may be, `(burst − 1) × intervalMs`. */
   private readonly toleranceMs: number;
   private tat = Number.NEGATIVE_INFINITY;
-  /** `tat` before the latest start, so `started` can recompute it from the real start time. */
+  /** `tat` before the latest start, so `onWireLate` can recompute it from the real start time. */
   private tatBefore = Number.NEGATIVE_INFINITY;
   private readonly windowMs: number;
   private readonly windowMax: number;
@@ -122,8 +122,8 @@ export class LocalSlotStore implements SlotStore {
     return this.ring ? this.windowRemainingAt(at - this.origin) : undefined;
   }
 
-  /** See `SlotStore.started`: moves the latest recorded start to when it really happened. */
-  started(lateMs: number): void {
+  /** See `SlotStore.onWireLate`: moves the latest recorded start to when it really happened. */
+  onWireLate(lateMs: number): void {
     if (!(lateMs > 0) || this.lastStart === Number.NEGATIVE_INFINITY) return;
     const actual = this.lastStart + lateMs;
     if (this.intervalMs > 0) this.tat = Math.max(this.tatBefore, actual) + this.intervalMs;

@@ -35,6 +35,6 @@ export function createPacer(rateLimit: RouteConfig['rateLimit'], deps: PacerDeps
   return new QueuePacer({
     ...base,
     store: store ?? new LocalSlotStore({ ...slotLimits(rateLimit), clock }),
-    confirmStarts: true,
+    awaitOnWire: true,
   });
 }

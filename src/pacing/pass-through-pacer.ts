@@ -20,7 +20,7 @@ export class PassThroughPacer extends BasePacer implements Pacer {
   }
 
   /** Nothing is paced, so nothing waits for a start to be confirmed, and no start is late. */
-  sent(): boolean {
+  onWire(): boolean {
     return true;
   }
 

@@ -27,22 +27,22 @@ const TIMER_SLACK_MS = 2;
 
 /**
  * How long the next reservation waits for the previous start to be confirmed on the wire
- * (`Pacer.sent`). A new connection to the upstream takes a handshake or two; beyond this the
+ * (`Pacer.onWire`). A new connection to the upstream takes a handshake or two; beyond this the
  * start is recorded as happening now and pacing goes on (an unreachable upstream, or a caller
  * that never confirms, must not stop every request).
  */
-export const SENT_WAIT_MAX_MS = 1000;
+export const ON_WIRE_WAIT_MAX_MS = 1000;
 
 /** The options of the pacing `QueuePacer`. */
 export interface QueuePacerOptions extends PacerOptions {
   /** The record of start times: `LocalSlotStore`, or the fleet's Redis store. */
   store: SlotStore;
   /**
-   * The caller confirms every start with `sent()` when the request reaches the upstream's
-   * socket, and the next reservation waits for it (the proxy does; tests of the schedule alone
-   * leave it off).
+   * True: the caller reports every start with `onWire()` when the request reaches the upstream's
+   * socket, and the next reservation waits for it (the proxy always does). False: starts count
+   * when granted (a test of the schedule alone).
    */
-  confirmStarts?: boolean;
+  awaitOnWire: boolean;
 }
 
 /**
@@ -112,19 +112,19 @@ export class QueuePacer extends BasePacer implements Pacer {
   #endHead: (() => void) | undefined;
   /** Removes the scrape hook of `m2m_proxy_window_remaining`, when one was installed. */
   readonly #stopWindowGauge: (() => void) | undefined;
-  readonly #confirmStarts: boolean;
+  readonly #awaitOnWire: boolean;
   /** The latest start is not confirmed on the wire yet: the next head must not reserve. */
-  #unconfirmed = false;
-  /** Clock ms the latest start is recorded at (moved by `sent` when it went out late). */
+  #awaitingWire = false;
+  /** Clock ms the latest start is recorded at (moved by `onWire` when it went out late). */
   #recordedAt = Number.NEGATIVE_INFINITY;
-  /** Clock ms of the latest start's reserved slot, for the store's lateness check (`sent`). */
+  /** Clock ms of the latest start's reserved slot, for the store's lateness check (`onWire`). */
   #slotAt = Number.NEGATIVE_INFINITY;
-  #wakeConfirmed: (() => void) | undefined;
+  #wakeOnWire: (() => void) | undefined;
 
   constructor(options: QueuePacerOptions) {
     super(options);
     this.#store = options.store;
-    this.#confirmStarts = options.confirmStarts ?? false;
+    this.#awaitOnWire = options.awaitOnWire;
     this.#deadlines = new Deadlines(this.clock, (entry) => this.#expired(entry));
     // Setting the gauge only when a reservation is made leaves it stale while no request comes:
     // after a burst it would read 0 for good, although the window empties `window.length` later.
@@ -145,15 +145,15 @@ export class QueuePacer extends BasePacer implements Pacer {
   }
 
   /**
-   * See `Pacer.sent`. A start that reached the wire later than recorded (a new connection, a
+   * See `Pacer.onWire`. A start that reached the wire later than recorded (a new connection, a
    * stall between the slot and the write) moves its recorded start to now, so the starts after
    * it keep their distance from what the upstream really saw. Confirmations carry no identity:
-   * one arriving after `SENT_WAIT_MAX_MS` gave up on it confirms the next start instead, which
+   * one arriving after `ON_WIRE_WAIT_MAX_MS` gave up on it confirms the next start instead, which
    * can then be followed before it is on the wire (only after a handshake that took over 1 s).
    */
-  sent(): boolean {
-    if (!this.#unconfirmed) return true;
-    this.#unconfirmed = false;
+  onWire(): boolean {
+    if (!this.#awaitingWire) return true;
+    this.#awaitingWire = false;
     const now = this.clock.now();
     // The last check before the write: a stall after the slot was granted (between the pacer
     // and the socket: the token, a connection, the dispatch) makes the start too late for a
@@ -161,22 +161,22 @@ export class QueuePacer extends BasePacer implements Pacer {
     const onTime = this.#store.mayStart?.(now - this.#slotAt) !== false;
     if (onTime) {
       const lateMs = now - this.#recordedAt;
-      if (lateMs > TIMER_SLACK_MS) this.#store.started?.(lateMs);
+      if (lateMs > TIMER_SLACK_MS) this.#store.onWireLate?.(lateMs);
     }
-    this.#wakeConfirmed?.();
+    this.#wakeOnWire?.();
     return onTime;
   }
 
   /**
-   * No confirmation within `SENT_WAIT_MAX_MS`: the start counts as sent now (recorded as late as
+   * No confirmation within `ON_WIRE_WAIT_MAX_MS`: the start counts as on the wire now (recorded as late as
    * that), without the lateness check, which is for a start about to be written.
    */
-  #assumeSent(): void {
-    if (!this.#unconfirmed) return;
-    this.#unconfirmed = false;
+  #assumeOnWire(): void {
+    if (!this.#awaitingWire) return;
+    this.#awaitingWire = false;
     const lateMs = this.clock.now() - this.#recordedAt;
-    if (lateMs > TIMER_SLACK_MS) this.#store.started?.(lateMs);
-    this.#wakeConfirmed?.();
+    if (lateMs > TIMER_SLACK_MS) this.#store.onWireLate?.(lateMs);
+    this.#wakeOnWire?.();
   }
 
   /** See `Pacer.acquire`. */
@@ -303,8 +303,8 @@ export class QueuePacer extends BasePacer implements Pacer {
     this.#head = entry;
     try {
       while (!entry.settled) {
-        if (this.#unconfirmed) {
-          await this.#untilConfirmed();
+        if (this.#awaitingWire) {
+          await this.#untilOnWire();
           continue;
         }
         const now = this.clock.now();
@@ -344,9 +344,9 @@ export class QueuePacer extends BasePacer implements Pacer {
         if (this.#store.mayStart?.(Math.max(0, lateMs)) === false) continue;
         // Started late (a stall): record the real start, or the next slot, already due, would
         // follow it closer than the limits allow.
-        if (lateMs > TIMER_SLACK_MS) this.#store.started?.(lateMs);
-        if (this.#confirmStarts) {
-          this.#unconfirmed = true;
+        if (lateMs > TIMER_SLACK_MS) this.#store.onWireLate?.(lateMs);
+        if (this.#awaitOnWire) {
+          this.#awaitingWire = true;
           this.#slotAt = reservedAt;
           this.#recordedAt = Math.max(reservedAt, this.clock.now());
         }
@@ -392,19 +392,19 @@ export class QueuePacer extends BasePacer implements Pacer {
   }
 
   /**
-   * Waits until the latest start is confirmed (`sent`), the head leaves, or `SENT_WAIT_MAX_MS`
-   * passes (then the start counts as sent now).
+   * Waits until the latest start is on the wire (`onWire`), the head leaves, or `ON_WIRE_WAIT_MAX_MS`
+   * passes (then the start counts as on the wire now).
    */
-  #untilConfirmed(): Promise<void> {
+  #untilOnWire(): Promise<void> {
     return new Promise<void>((resolve) => {
-      const timer = this.clock.setTimeout(() => this.#assumeSent(), SENT_WAIT_MAX_MS);
+      const timer = this.clock.setTimeout(() => this.#assumeOnWire(), ON_WIRE_WAIT_MAX_MS);
       const done = () => {
         this.clock.clearTimeout(timer);
-        this.#wakeConfirmed = undefined;
+        this.#wakeOnWire = undefined;
         this.#wakeHead = undefined;
         resolve();
       };
-      this.#wakeConfirmed = done;
+      this.#wakeOnWire = done;
       this.#wakeHead = done;
     });
   }

@@ -41,7 +41,7 @@ export interface Pacer {
    * be written, and the caller acquires again. Called from the last synchronous step before the
    * write, so no stall can come between this check and the bytes leaving.
    */
-  sent(): boolean;
+  onWire(): boolean;
   /** An upstream `Retry-After`: no request starts before `until` (clock ms), capped by the pacer. */
   pauseUntil(until: number): void;
   /** Requests currently waiting (for `ready` or for a slot). */
@@ -92,7 +92,7 @@ export interface SlotStore {
    * the upstream actually sees, not only for the schedule. (Redis keeps the schedule: a late
    * start there is the safe side of the fleet's budget only up to the lateness.)
    */
-  started?(lateMs: number): void;
+  onWireLate?(lateMs: number): void;
   /**
    * Optional: may the request holding the latest granted reservation still start, `lateMs` after
    * its reserved time? A shared store answers false when the lateness (plus what the store does

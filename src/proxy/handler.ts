@@ -72,7 +72,7 @@ export class ProxyHandler {
   constructor(deps: HandlerDeps) {
     this.#deps = deps;
     this.#prefix = pathPrefix(new URL(deps.config.upstream.url));
-    this.#onWire = () => deps.pacer.sent();
+    this.#onWire = () => deps.pacer.onWire();
   }
 
   /** Requests accepted and not yet answered. */
@@ -154,7 +154,7 @@ export class ProxyHandler {
       // The pacer observes m2m_proxy_queue_wait_seconds; the deadline counts from arrival.
       let token =
         this.#startNow() ??
-        (await this.#slot(receivedAt + config.rateLimit.queue.timeout, cancel, observed));
+        (await this.#admit(receivedAt + config.rateLimit.queue.timeout, cancel, observed));
       const replayable = body === null || Buffer.isBuffer(body);
       const outgoing: Outgoing = {
         method: req.method ?? 'GET',
@@ -174,7 +174,7 @@ export class ProxyHandler {
         observed?.tokenWaitEnded();
         token =
           this.#startNow() ??
-          (await this.#slot(clock.now() + config.rateLimit.queue.timeout, cancel, observed));
+          (await this.#admit(clock.now() + config.rateLimit.queue.timeout, cancel, observed));
         outgoing.replayOn401 = undefined;
         attempt = await this.#attempt(res, outgoing, token, cancel, observed);
       }
@@ -194,7 +194,7 @@ export class ProxyHandler {
   }
 
   /** Waits for a valid token and a pacing slot within one deadline; returns the token to use. */
-  async #slot(
+  async #admit(
     deadline: number,
     cancel: Cancellation,
     observed: RequestObservation | undefined,
@@ -219,7 +219,7 @@ export class ProxyHandler {
     } else await acquired;
     const token = tokens.current();
     if (!token) {
-      pacer.sent(); // the granted start is given up before it reached the wire
+      pacer.onWire(); // the granted start is given up before it reached the wire
       throw new ProxyError('token_unavailable');
     }
     return token;
@@ -254,7 +254,7 @@ export class ProxyHandler {
       } catch (err) {
         if (!(err instanceof SlotForfeited)) throw err;
         // Stalled between its pacing slot and the socket: nothing was sent; pace it again.
-        const again = await this.#slot(
+        const again = await this.#admit(
           clock.now() + this.#deps.config.rateLimit.queue.timeout,
           cancel,
           undefined,

@@ -90,7 +90,7 @@ describe('metrics by route', () => {
       metrics: metrics.forRoutes(['b']),
     });
     await a.acquire({ deadline: Number.POSITIVE_INFINITY });
-    a.sent();
+    a.onWire();
     expect(await samples(metrics.registry, 'm2m_proxy_window_remaining')).toEqual({
       'route=a': 4,
       'route=b': 3,

@@ -22,10 +22,10 @@ export class RecordingStore implements SlotStore {
     return answer;
   }
 
-  started(lateMs: number): void {
+  onWireLate(lateMs: number): void {
     const last = this.granted.length - 1;
     if (last >= 0) this.granted[last] = (this.granted[last] as number) + lateMs;
-    this.inner.started?.(lateMs);
+    this.inner.onWireLate?.(lateMs);
   }
 
   close(): Promise<void> {
@@ -44,7 +44,7 @@ export function setup(
   limits: Partial<SlotLimits> & {
     queueMax?: number;
     queueTimeoutMs?: number;
-    confirmStarts?: boolean;
+    awaitOnWire?: boolean;
   } = {},
 ): Setup {
   const clock = systemClock;
@@ -65,7 +65,7 @@ export function setup(
     metrics: metrics.forRoutes(['default']),
     queueMax: limits.queueMax ?? 1000,
     queueTimeoutMs: limits.queueTimeoutMs ?? 30_000,
-    confirmStarts: limits.confirmStarts ?? false,
+    awaitOnWire: limits.awaitOnWire ?? false,
   });
   return { pacer, store, metrics };
 }

@@ -6,7 +6,7 @@ import { RateLimitedError } from '../../../src/pacing/errors.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import { createPacer } from '../../../src/pacing/pacer.js';
 import { PassThroughPacer } from '../../../src/pacing/pass-through-pacer.js';
-import { QueuePacer, SENT_WAIT_MAX_MS } from '../../../src/pacing/queue-pacer.js';
+import { ON_WIRE_WAIT_MAX_MS, QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import { ProxyError, toProxyError } from '../../../src/proxy/errors.js';
 import { flush, metricValue, setup, track } from './helpers.js';
 
@@ -341,6 +341,7 @@ describe('QueuePacer: metrics and shutdown', () => {
       metrics: metrics.forRoutes(['default']),
       queueMax: 10,
       queueTimeoutMs: 30_000,
+      awaitOnWire: false,
     });
     const gauge = () => metricValue(metrics, 'm2m_proxy_window_remaining');
     const starts = Array.from({ length: 3 }, () => track(pacer.acquire({ deadline: FOREVER })));
@@ -475,29 +476,29 @@ describe('PassThroughPacer and createPacer', () => {
   it('reserves the next start only once the previous one is on the wire, counted from then', async () => {
     // 10/s: starts 100 ms apart. The first request needs a new connection and reaches the wire
     // 40 ms after its slot; the second must follow the real send, not the slot.
-    const { pacer, store } = setup({ perSecond: 10, confirmStarts: true });
+    const { pacer, store } = setup({ perSecond: 10, awaitOnWire: true });
     const first = track(pacer.acquire({ deadline: FOREVER }));
     const second = track(pacer.acquire({ deadline: FOREVER }));
     await vi.advanceTimersByTimeAsync(0);
     expect(first.state).toBe('resolved');
     await vi.advanceTimersByTimeAsync(40);
     expect(store.calls).toHaveLength(1); // the second has not reserved: the first is not sent
-    pacer.sent();
+    pacer.onWire();
     const third = track(pacer.acquire({ deadline: FOREVER }));
     await vi.advanceTimersByTimeAsync(100);
     expect((second.at as number) - T0).toBe(140);
-    pacer.sent(); // on time: nothing moves
+    pacer.onWire(); // on time: nothing moves
     await vi.advanceTimersByTimeAsync(200);
     expect((third.at as number) - T0).toBe(240);
   });
 
-  it(`goes on after ${SENT_WAIT_MAX_MS} ms when a start is never confirmed, counting it as sent then`, async () => {
-    const { pacer } = setup({ perSecond: 10, confirmStarts: true });
+  it(`goes on after ${ON_WIRE_WAIT_MAX_MS} ms when a start is never confirmed, counting it as sent then`, async () => {
+    const { pacer } = setup({ perSecond: 10, awaitOnWire: true });
     const first = track(pacer.acquire({ deadline: FOREVER }));
     const second = track(pacer.acquire({ deadline: FOREVER }));
-    await vi.advanceTimersByTimeAsync(SENT_WAIT_MAX_MS + 500);
+    await vi.advanceTimersByTimeAsync(ON_WIRE_WAIT_MAX_MS + 500);
     expect(first.at).toBe(T0);
-    expect((second.at as number) - T0).toBe(SENT_WAIT_MAX_MS + 100);
+    expect((second.at as number) - T0).toBe(ON_WIRE_WAIT_MAX_MS + 100);
   });
 
   it('keeps the limits on real start times when a start is late (a stalled event loop)', async () => {
@@ -523,6 +524,7 @@ describe('PassThroughPacer and createPacer', () => {
       metrics: metrics.forRoutes(['default']),
       queueMax: 100,
       queueTimeoutMs: 30_000,
+      awaitOnWire: false,
     });
     const starts = Array.from({ length: 4 }, () => track(pacer.acquire({ deadline: FOREVER })));
     await vi.advanceTimersByTimeAsync(2000);
@@ -571,7 +573,7 @@ describe('QueuePacer: a shared store that forfeits late starts', () => {
       queueMax: 100,
       queueTimeoutMs: 30_000,
       store,
-      confirmStarts: true,
+      awaitOnWire: true,
     });
     return { pacer, asked, stall, reservations: () => reservations };
   }
@@ -583,7 +585,7 @@ describe('QueuePacer: a shared store that forfeits late starts', () => {
     expect(first.state).toBe('resolved');
     // The second's slot is at +100 ms; the process stalls past it: its timer runs 150 ms late.
     stall.ms = 150;
-    expect(pacer.sent()).toBe(true);
+    expect(pacer.onWire()).toBe(true);
     const second = track(pacer.acquire({ deadline: FOREVER }));
     await vi.advanceTimersByTimeAsync(249);
     expect(second.state).toBe('pending');
@@ -595,7 +597,7 @@ describe('QueuePacer: a shared store that forfeits late starts', () => {
     expect(second.at).toBe(T0 + 250);
   });
 
-  it('sent() says false when the start reaches the socket too late for its slot, and the pacer moves on', async () => {
+  it('onWire() says false when the start reaches the socket too late for its slot, and the pacer moves on', async () => {
     const { pacer, asked } = forfeitingSetup(10);
     const first = track(pacer.acquire({ deadline: FOREVER }));
     const second = track(pacer.acquire({ deadline: FOREVER }));
@@ -603,11 +605,11 @@ describe('QueuePacer: a shared store that forfeits late starts', () => {
     expect(first.state).toBe('resolved');
     // Granted on time, then stalled 40 ms before the write: the start must not happen.
     await vi.advanceTimersByTimeAsync(40);
-    expect(pacer.sent()).toBe(false);
+    expect(pacer.onWire()).toBe(false);
     expect(asked.at(-1)).toBe(40);
     // The next head reserves (the slot after the forfeited one) and starts on time.
     await vi.advanceTimersByTimeAsync(60);
     expect(second.at).toBe(T0 + 100);
-    expect(pacer.sent()).toBe(true);
+    expect(pacer.onWire()).toBe(true);
   });
 });
