@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: proves that m2m-proxy is fast, paces exactly and stays small (issue 5).
+ * `npm run bench`: proves that m2m-proxy is fast, paces exactly and stays small (bench/README.md).
  * Runs the five runs in order, prints a table per run and the targets with PASS/FAIL, and
  * writes bench/results/latest.{json,svg,md}. Every figure that is compared is compared with a
  * baseline measured in the same run, because these machines are noisy.
@@ -231,7 +231,7 @@ async function main(): Promise<void> {
     await tokenEndpoint.stop();
   }
 
-  console.log(`\nTargets (issue 5) — ${machine}`);
+  console.log(`\nTargets — ${machine}`);
   console.log(textTable(CHECK_HEAD, checkRows(checks)));
   const seconds = Math.round((Date.now() - started) / 1000);
   console.log(`\nTotal ${seconds} s.`);

@@ -31,11 +31,14 @@ export class Deadlines<T extends Timed<T>> {
   #firesAt = Number.POSITIVE_INFINITY;
   readonly #fire = (): void => this.#expireDue();
 
+  readonly #clock: Clock;
+  readonly #expire: (item: T) => void;
+
   /** `expire` receives each item whose deadline passed, after taking it out. */
-  constructor(
-    private readonly clock: Clock,
-    private readonly expire: (item: T) => void,
-  ) {}
+  constructor(clock: Clock, expire: (item: T) => void) {
+    this.#clock = clock;
+    this.#expire = expire;
+  }
 
   /** Adds an item that is in no list; equal deadlines keep the order of `add`. */
   add(item: T): void {
@@ -80,14 +83,14 @@ export class Deadlines<T extends Timed<T>> {
     if (first === undefined || !Number.isFinite(first.deadline)) return;
     if (this.#timer !== undefined && this.#firesAt <= first.deadline) return;
     this.#disarm();
-    const now = this.clock.now();
+    const now = this.#clock.now();
     const ms = Math.min(Math.max(0, first.deadline - now), MAX_TIMER_MS);
     this.#firesAt = now + ms;
-    this.#timer = this.clock.setTimeout(this.#fire, ms);
+    this.#timer = this.#clock.setTimeout(this.#fire, ms);
   }
 
   #disarm(): void {
-    if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
+    if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#firesAt = Number.POSITIVE_INFINITY;
   }
@@ -95,11 +98,11 @@ export class Deadlines<T extends Timed<T>> {
   #expireDue(): void {
     this.#timer = undefined;
     this.#firesAt = Number.POSITIVE_INFINITY;
-    const now = this.clock.now();
+    const now = this.#clock.now();
     // `expire` may add or delete items: read the earliest afresh each time.
     for (let item = this.#first; item !== undefined && item.deadline <= now; item = this.#first) {
       this.delete(item);
-      this.expire(item);
+      this.#expire(item);
     }
     // Past Node's timer limit, or a timer that fired before the clock reached the deadline.
     this.#arm();

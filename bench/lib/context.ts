@@ -21,7 +21,7 @@ export function pick<T>(ctx: Ctx, full: T, quick: T): T {
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** One target from issue 5 with what this run measured. `pass: null` = not measured. */
+/** One of the benchmark's targets (bench/README.md) with what this run measured. `pass: null` = not measured. */
 export interface TargetCheck {
   target: string;
   goal: string;

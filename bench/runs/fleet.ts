@@ -1,5 +1,5 @@
 /**
- * Run 6, the fleet run of issue 7 (point 6): three m2m-proxy replicas sharing one
+ * Run 6, the fleet run (docs/fleet.md): three m2m-proxy replicas sharing one
  * `rateLimit.shared.key` on a real `redis-server`, all loaded at once, in front of ONE upstream
  * that records arrival times. Reports the achieved fleet rate, the most starts in any sliding
  * second for the fleet, and the Redis round trip added per request (p99 of

@@ -5,7 +5,7 @@ import { Secret } from '../credentials/secret.js';
 export type EnvironmentVariables = Readonly<Record<string, string | undefined>>;
 
 /** The file read when neither `--config` nor `M2M_PROXY_CONFIG` names one (docs/configuration.md). */
-export const DEFAULT_CONFIG_FILE = 'config/m2m-proxy.yaml';
+const DEFAULT_CONFIG_FILE = 'config/m2m-proxy.yaml';
 
 /**
  * The client credentials from `M2M_PROXY_CLIENT_ID` and `M2M_PROXY_CLIENT_SECRET`, used when the

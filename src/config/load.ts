@@ -17,7 +17,7 @@ import type { Issue, Node } from './schema.js';
 const MAX_ALIAS_COUNT = 100;
 
 /** Prefix of every environment override (`upstream.url` → `M2M_PROXY_UPSTREAM_URL`). */
-export const ENV_PREFIX = 'M2M_PROXY_';
+const ENV_PREFIX = 'M2M_PROXY_';
 
 /**
  * The configuration could not be used. `problems` holds one line per problem, each naming where
@@ -52,7 +52,7 @@ export function routeEnvName(name: string, path: readonly string[]): string {
 }
 
 /** A key path as the messages print it: `routes[1].listen.port`, `token.url`. */
-export function formatPath(path: readonly string[]): string {
+function formatPath(path: readonly string[]): string {
   return path.reduce(
     (out, segment) =>
       /^\d+$/.test(segment) ? `${out}[${segment}]` : out ? `${out}.${segment}` : segment,

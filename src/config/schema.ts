@@ -50,15 +50,19 @@ function scalar<T>(convert: (raw: unknown) => T | Invalid): ScalarNode<T> {
 
 class ScalarNode<T, O extends boolean = false, D extends boolean = false> implements Node<T> {
   readonly kind = 'scalar' as const;
+  readonly #convert: (raw: unknown) => T | Invalid;
+
   constructor(
-    private readonly convert: (raw: unknown) => T | Invalid,
+    convert: (raw: unknown) => T | Invalid,
     readonly optional: O,
     readonly defaultValue: T | undefined,
     readonly defaulted: D,
-  ) {}
+  ) {
+    this.#convert = convert;
+  }
 
   decode(raw: unknown, path: readonly string[], issues: Issue[]): T | undefined {
-    const out = this.convert(raw);
+    const out = this.#convert(raw);
     if (out instanceof Invalid) {
       issues.push({ path, message: out.message });
       return undefined;
@@ -68,12 +72,12 @@ class ScalarNode<T, O extends boolean = false, D extends boolean = false> implem
 
   /** The key may be absent. */
   optionalKey(): ScalarNode<T, true, false> {
-    return new ScalarNode(this.convert, true, undefined, false);
+    return new ScalarNode(this.#convert, true, undefined, false);
   }
 
   /** The key may be absent; then `value` is used. */
   default(value: T): ScalarNode<T, true, true> {
-    return new ScalarNode(this.convert, true, value, true);
+    return new ScalarNode(this.#convert, true, value, true);
   }
 }
 

@@ -23,7 +23,7 @@ export interface TracingSettings {
 }
 
 /** `service.name` of the spans when `OTEL_SERVICE_NAME` is not set. */
-export const DEFAULT_SERVICE_NAME = 'm2m-proxy';
+const DEFAULT_SERVICE_NAME = 'm2m-proxy';
 
 /** The OpenTelemetry default sampler (`parentbased_always_on`). */
 const DEFAULT_SAMPLER: SamplerSettings = { parentBased: true, ratio: 1 };

@@ -15,18 +15,21 @@ const MAX_PATH = 2048;
 export class AccessLog implements RequestObserver {
   readonly #log: Logger;
 
+  readonly #inner: RequestObserver | undefined;
+
   constructor(
     logger: Logger,
     readonly route: string,
-    private readonly inner?: RequestObserver,
+    inner?: RequestObserver,
   ) {
+    this.#inner = inner;
     // Turning the access log on is its own decision: `log.level: warn` does not silence it.
     const level = logger.levelVal <= 30 ? logger.level : 'info';
     this.#log = logger.child({ route }, { level });
   }
 
   begin(req: IncomingMessage, res: ServerResponse): RequestObservation {
-    return new AccessRecord(this.#log, req, res, this.inner?.begin(req, res));
+    return new AccessRecord(this.#log, req, res, this.#inner?.begin(req, res));
   }
 }
 
@@ -45,51 +48,60 @@ class AccessRecord implements RequestObservation {
   #upstreamMs = 0;
   #attempts = 0;
 
+  readonly #log: Logger;
+  readonly #req: IncomingMessage;
+  readonly #res: ServerResponse;
+  readonly #inner: RequestObservation | undefined;
+
   constructor(
-    private readonly log: Logger,
-    private readonly req: IncomingMessage,
-    private readonly res: ServerResponse,
-    private readonly inner: RequestObservation | undefined,
+    log: Logger,
+    req: IncomingMessage,
+    res: ServerResponse,
+    inner: RequestObservation | undefined,
   ) {
+    this.#log = log;
+    this.#req = req;
+    this.#res = res;
+    this.#inner = inner;
     this.stats = inner?.stats ?? { bytesIn: 0, bytesOut: 0 };
     res.once('close', () => this.#write());
   }
 
   get traceId(): string | undefined {
-    return this.inner?.traceId;
+    return this.#inner?.traceId;
   }
 
   headers(headers: string[]): void {
-    this.inner?.headers(headers);
+    this.#inner?.headers(headers);
   }
 
   queueStarted(): void {
     this.#queueStartedAt = performance.now();
-    this.inner?.queueStarted();
+    this.#inner?.queueStarted();
   }
 
   queueEnded(error?: unknown): void {
     this.#queueMs += performance.now() - this.#queueStartedAt;
-    this.inner?.queueEnded(error);
+    this.#inner?.queueEnded(error);
   }
 
   tokenWaitStarted(): void {
-    this.inner?.tokenWaitStarted();
+    this.#inner?.tokenWaitStarted();
   }
 
   tokenWaitEnded(error?: unknown): void {
-    this.inner?.tokenWaitEnded(error);
+    this.#inner?.tokenWaitEnded(error);
   }
 
   attemptStarted(headers: string[]): void {
     this.#attempts += 1;
     this.#attemptStartedAt = performance.now();
-    this.inner?.attemptStarted(headers);
+    this.#inner?.attemptStarted(headers);
   }
 
   attemptEnded(status: number | undefined, error?: unknown): void {
     this.#closeAttempt();
-    this.inner?.attemptEnded(status, error);
+    this.#inner?.attemptEnded(status, error);
   }
 
   /** From sending to the end of the response (or the failure), summed over the attempts. */
@@ -100,7 +112,8 @@ class AccessRecord implements RequestObservation {
   }
 
   #write(): void {
-    const { req, res } = this;
+    const req = this.#req;
+    const res = this.#res;
     // The response can close before the handler hears that its attempt ended.
     this.#closeAttempt();
     const url = req.url ?? '';
@@ -109,7 +122,7 @@ class AccessRecord implements RequestObservation {
     const error = res.getHeader(ERROR_HEADER);
     const errorCode = typeof error === 'string' ? error : null;
     if (errorCode !== null) this.stats.bytesOut = Number(res.getHeader('content-length') ?? 0);
-    this.log.info({
+    this.#log.info({
       event: 'access',
       method: req.method ?? '',
       path: path.length > MAX_PATH ? path.slice(0, MAX_PATH) : path,

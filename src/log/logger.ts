@@ -6,7 +6,7 @@ export type { Logger };
  * Paths pino censors whatever a caller passes in. The code never hands a secret to the logger;
  * this list is the second line of defence (docs/behaviour.md, "Logs").
  */
-export const REDACT_PATHS = [
+const REDACT_PATHS = [
   'authorization',
   'headers.authorization',
   'headers["proxy-authorization"]',

@@ -10,21 +10,21 @@ import type { Reservation, SlotStore } from './types.js';
  * about a second of Redis answering, and a probe is one PING per second per replica (or an
  * immediate local failure while ioredis is still reconnecting).
  */
-export const DEFAULT_PROBE_INTERVAL_MS = 1000;
+const DEFAULT_PROBE_INTERVAL_MS = 1000;
 
 /**
  * The share a replica uses alone when Redis is unreachable from its start and `fallback` is not
  * set: it has never seen how many replicas share the key, so it assumes ten. A fleet larger than
  * that which must start during an outage sets `rateLimit.shared.fallback`.
  */
-export const UNKNOWN_FLEET_SHARE = 0.1;
+const UNKNOWN_FLEET_SHARE = 0.1;
 
 /**
  * 1 s: after a switch either way, the first start waits this long after the last start made on
  * the other side (the fleet's schedule in Redis, or this replica's own budget). Neither side
  * knows the other's starts; a second apart, no sliding second holds starts of both.
  */
-export const SWITCH_HOLD_MS = 1000;
+const SWITCH_HOLD_MS = 1000;
 
 /** Heartbeats sent 200 ms apart after start-up, before the regular interval. */
 const EARLY_BEATS = 5;

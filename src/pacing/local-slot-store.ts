@@ -49,31 +49,31 @@ export function slotLimits(rateLimit: RouteConfig['rateLimit'], factor = 1): Slo
  * the rate at 6/s. The pacer sleeps until at least the reserved (fractional) time.
  */
 export class LocalSlotStore implements SlotStore {
-  private readonly clock: Clock;
+  readonly #clock: Clock;
   /**
    * Times are kept relative to this clock reading. Epoch milliseconds (~1.7e12) carry only
    * ~2.4e-4 ms of float precision, and `tat` adds a fractional interval on every start; small
    * relative values keep that error below 1e-8 ms.
    */
-  private readonly origin: number;
+  readonly #origin: number;
   /** GCRA emission interval in ms; 0 = no token bucket. */
-  private readonly intervalMs: number;
+  readonly #intervalMs: number;
   /** GCRA tolerance: how far ahead of `tat` a start may be, `(burst − 1) × intervalMs`. */
-  private readonly toleranceMs: number;
-  private tat = Number.NEGATIVE_INFINITY;
+  readonly #toleranceMs: number;
+  #tat = Number.NEGATIVE_INFINITY;
   /** `tat` before the latest start, so `onWireLate` can recompute it from the real start time. */
-  private tatBefore = Number.NEGATIVE_INFINITY;
-  private readonly windowMs: number;
-  private readonly windowMax: number;
+  #tatBefore = Number.NEGATIVE_INFINITY;
+  readonly #windowMs: number;
+  readonly #windowMax: number;
   /** The last `windowMax` reserved starts, oldest at `ringHead` once full; absent = no window. */
-  private readonly ring: Float64Array | undefined;
-  private ringHead = 0;
-  private ringCount = 0;
+  readonly #ring: Float64Array | undefined;
+  #ringHead = 0;
+  #ringCount = 0;
   /**
    * The latest reserved start. Starts are reserved in non-decreasing order (the FIFO reserves for
    * its head only after the previous start), which keeps the ring sorted for `windowRemaining`.
    */
-  private lastStart = Number.NEGATIVE_INFINITY;
+  #lastStart = Number.NEGATIVE_INFINITY;
 
   constructor(options: SlotLimits & { clock: Clock }) {
     const { perSecond, burst, windowMax, windowMs, clock } = options;
@@ -86,14 +86,14 @@ export class LocalSlotStore implements SlotStore {
     if (windowMax > 0 && !(windowMs > 0)) {
       throw new RangeError(`windowMs must be > 0 when windowMax is set, got ${windowMs}`);
     }
-    this.clock = clock;
-    this.origin = clock.now();
-    this.intervalMs = perSecond > 0 ? 1000 / perSecond : 0;
+    this.#clock = clock;
+    this.#origin = clock.now();
+    this.#intervalMs = perSecond > 0 ? 1000 / perSecond : 0;
     // A bucket smaller than one start would never allow a start; 1 is the smallest meaningful.
-    this.toleranceMs = (Math.max(1, burst) - 1) * this.intervalMs;
-    this.windowMax = windowMax;
-    this.windowMs = windowMs;
-    this.ring = windowMax > 0 ? new Float64Array(windowMax) : undefined;
+    this.#toleranceMs = (Math.max(1, burst) - 1) * this.#intervalMs;
+    this.#windowMax = windowMax;
+    this.#windowMs = windowMs;
+    this.#ring = windowMax > 0 ? new Float64Array(windowMax) : undefined;
   }
 
   /** See `SlotStore.reserve`. Synchronous underneath; the promise only fits the interface. */
@@ -103,35 +103,35 @@ export class LocalSlotStore implements SlotStore {
 
   /** `reserve` without the promise, for callers in this process (and tests). */
   reserveNow(maxDelayMs: number, notBeforeMs: number): Reservation {
-    const now = this.clock.now() - this.origin;
-    const start = this.earliestStart(now + Math.max(0, notBeforeMs));
+    const now = this.#clock.now() - this.#origin;
+    const start = this.#earliestStart(now + Math.max(0, notBeforeMs));
     const delayMs = start - now;
     if (delayMs > maxDelayMs) {
       const refused: Reservation = { granted: false, delayMs };
-      if (this.ring) refused.windowRemaining = this.windowRemainingAt(now);
+      if (this.#ring) refused.windowRemaining = this.#windowRemainingAt(now);
       return refused;
     }
-    this.record(start);
+    this.#record(start);
     const granted: Reservation = { granted: true, delayMs };
-    if (this.ring) granted.windowRemaining = this.windowRemainingAt(start);
+    if (this.#ring) granted.windowRemaining = this.#windowRemainingAt(start);
     return granted;
   }
 
   /** Starts still allowed in the sliding window ending at `at` (default: now); undefined = no window. */
-  windowRemaining(at: number = this.clock.now()): number | undefined {
-    return this.ring ? this.windowRemainingAt(at - this.origin) : undefined;
+  windowRemaining(at: number = this.#clock.now()): number | undefined {
+    return this.#ring ? this.#windowRemainingAt(at - this.#origin) : undefined;
   }
 
   /** See `SlotStore.onWireLate`: moves the latest recorded start to when it really happened. */
   onWireLate(lateMs: number): void {
-    if (!(lateMs > 0) || this.lastStart === Number.NEGATIVE_INFINITY) return;
-    const actual = this.lastStart + lateMs;
-    if (this.intervalMs > 0) this.tat = Math.max(this.tatBefore, actual) + this.intervalMs;
-    if (this.ring) {
-      const last = (this.ringHead + this.windowMax - 1) % this.windowMax;
-      this.ring[last] = actual;
+    if (!(lateMs > 0) || this.#lastStart === Number.NEGATIVE_INFINITY) return;
+    const actual = this.#lastStart + lateMs;
+    if (this.#intervalMs > 0) this.#tat = Math.max(this.#tatBefore, actual) + this.#intervalMs;
+    if (this.#ring) {
+      const last = (this.#ringHead + this.#windowMax - 1) % this.#windowMax;
+      this.#ring[last] = actual;
     }
-    this.lastStart = actual;
+    this.#lastStart = actual;
   }
 
   /** Nothing to release: no timers, no connections. */
@@ -140,42 +140,42 @@ export class LocalSlotStore implements SlotStore {
   }
 
   /** The earliest start at or after `from` that both limits allow, given the recorded starts. */
-  private earliestStart(from: number): number {
-    let start = Math.max(from, this.lastStart);
-    if (this.intervalMs > 0) start = Math.max(start, this.tat - this.toleranceMs);
-    if (this.ring && this.ringCount === this.windowMax) {
+  #earliestStart(from: number): number {
+    let start = Math.max(from, this.#lastStart);
+    if (this.#intervalMs > 0) start = Math.max(start, this.#tat - this.#toleranceMs);
+    if (this.#ring && this.#ringCount === this.#windowMax) {
       // Full ring: the oldest of the last `windowMax` starts must have left the window.
-      start = Math.max(start, (this.ring[this.ringHead] as number) + this.windowMs);
+      start = Math.max(start, (this.#ring[this.#ringHead] as number) + this.#windowMs);
     }
     return start;
   }
 
-  private record(start: number): void {
-    this.tatBefore = this.tat;
-    if (this.intervalMs > 0) this.tat = Math.max(this.tat, start) + this.intervalMs;
-    if (this.ring) {
-      this.ring[this.ringHead] = start;
-      this.ringHead = (this.ringHead + 1) % this.windowMax;
-      if (this.ringCount < this.windowMax) this.ringCount++;
+  #record(start: number): void {
+    this.#tatBefore = this.#tat;
+    if (this.#intervalMs > 0) this.#tat = Math.max(this.#tat, start) + this.#intervalMs;
+    if (this.#ring) {
+      this.#ring[this.#ringHead] = start;
+      this.#ringHead = (this.#ringHead + 1) % this.#windowMax;
+      if (this.#ringCount < this.#windowMax) this.#ringCount++;
     }
-    this.lastStart = start;
+    this.#lastStart = start;
   }
 
   /** `windowMax` minus the starts in `(at − windowMs, at]` (relative ms), by binary search of the sorted ring. */
-  private windowRemainingAt(at: number): number {
-    const ring = this.ring as Float64Array;
-    const count = this.ringCount;
-    const oldest = count === this.windowMax ? this.ringHead : 0;
-    const after = at - this.windowMs;
+  #windowRemainingAt(at: number): number {
+    const ring = this.#ring as Float64Array;
+    const count = this.#ringCount;
+    const oldest = count === this.#windowMax ? this.#ringHead : 0;
+    const after = at - this.#windowMs;
     // First logical index whose start is still inside the window (start > after).
     let lo = 0;
     let hi = count;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if ((ring[(oldest + mid) % this.windowMax] as number) > after) hi = mid;
+      if ((ring[(oldest + mid) % this.#windowMax] as number) > after) hi = mid;
       else lo = mid + 1;
     }
     // Reserved starts later than `at` (at most one with the FIFO pacer) count as already used.
-    return this.windowMax - (count - lo);
+    return this.#windowMax - (count - lo);
   }
 }

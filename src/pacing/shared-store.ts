@@ -1,7 +1,6 @@
 import type { Registry } from 'prom-client';
 import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
-import { readRedisPassword } from '../credentials/credentials.js';
 import type { Audit } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import { SharedBudgetMetrics } from '../metrics/metrics.js';
@@ -28,7 +27,7 @@ export interface SharedStoreDeps {
   routes?: readonly string[] | undefined;
   /** E.g. `(limits) => new LocalSlotStore({ ...limits, clock })`. */
   localStoreFactory: LocalStoreFactory;
-  /** Contents of `shared.passwordFile`; read from the file when omitted. */
+  /** Contents of `shared.passwordFile` (read at start-up, with the credentials); none without it. */
   password?: string | undefined;
   commandTimeoutMs?: number | undefined;
   connectTimeoutMs?: number | undefined;
@@ -56,9 +55,8 @@ export function sharedLimits(rateLimit: RateLimitConfig): SlotLimits {
 /**
  * The `SlotStore` for `rateLimit.shared`: the fleet's budget in Redis, falling back to
  * `localStoreFactory(slotLimits(rateLimit, share))` (this replica's share of the limits, never
- * rounded to "off"; see `FallbackSlotStore`) while Redis is unreachable. Registers the shared-budget metrics on
- * `deps.registry`. Connects at once, in the background; throws only when the password file
- * cannot be read.
+ * rounded to "off"; see `FallbackSlotStore`) while Redis is unreachable. Registers the
+ * shared-budget metrics on `deps.registry`. Connects at once, in the background.
  */
 export function createSharedStore(
   rateLimit: RateLimitConfig,
@@ -66,12 +64,9 @@ export function createSharedStore(
   deps: SharedStoreDeps,
 ): FallbackSlotStore {
   const metrics = new SharedBudgetMetrics(deps.registry, deps.routes);
-  const password =
-    deps.password ??
-    (shared.passwordFile !== undefined ? readRedisPassword(shared.passwordFile) : undefined);
   const redis = new RedisSlotStore({
     url: shared.redis,
-    password,
+    password: deps.password,
     key: shared.key,
     ...sharedLimits(rateLimit),
     metrics,

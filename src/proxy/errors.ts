@@ -32,7 +32,7 @@ export type ProxyErrorCode = keyof typeof PROXY_ERRORS;
 export const ERROR_HEADER = 'x-m2m-proxy-error';
 
 /** Whole seconds for `Retry-After` (RFC 9110 §10.2.3): rounded up, never below 1. */
-export function retryAfterSeconds(delayMs: number): number {
+function retryAfterSeconds(delayMs: number): number {
   return Math.max(1, Math.ceil(delayMs / 1000));
 }
 

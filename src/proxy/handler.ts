@@ -19,7 +19,7 @@ import { pathPrefix, upstreamPath } from './target.js';
  * contract's "small enough to have been kept"). 64 KiB covers typical JSON API calls while 1000
  * queued requests hold at most 64 MiB; larger or unsized bodies are streamed and not retried.
  */
-export const REPLAY_LIMIT_BYTES = 64 * 1024;
+const REPLAY_LIMIT_BYTES = 64 * 1024;
 
 /** The cancellation reason when the client goes away (the request is then never sent, or aborted). */
 class ClientGone extends M2mError {
@@ -398,7 +398,7 @@ function observedTokenWait(
 }
 
 /** Writes one of the catalogue's responses. */
-export function sendError(res: ServerResponse, error: ProxyError): void {
+function sendError(res: ServerResponse, error: ProxyError): void {
   const body = error.body();
   // Set one by one so that `getHeader` sees them (the access log and the span read the code and
   // size).

@@ -65,7 +65,7 @@ const OAUTH_ERROR_CODE = /^[a-z][a-z0-9_]{0,63}$/;
 /** RFC 6750 §2.1: the only characters a bearer token may hold. */
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 /** The provider's `error_description` is free text from outside: logged, but no more than this. */
-export const MAX_DESCRIPTION_CHARS = 200;
+const MAX_DESCRIPTION_CHARS = 200;
 
 /** Anything that can obtain a token (the real client, or a fake in unit tests). */
 export interface TokenSource {

@@ -84,7 +84,10 @@ export class TokenManager {
   readonly #waiters: Deadlines<Waiter>;
   readonly #random: () => number;
 
-  constructor(private readonly deps: TokenManagerDeps) {
+  readonly #deps: TokenManagerDeps;
+
+  constructor(deps: TokenManagerDeps) {
+    this.#deps = deps;
     this.#random = deps.random ?? Math.random;
     this.#audit = deps.audit ?? new Audit(deps.logger, DEFAULT_ROUTE);
     this.#waiters = new Deadlines(deps.clock, (waiter) =>
@@ -100,7 +103,7 @@ export class TokenManager {
   /** The token to send, if one is held and has not expired. */
   current(): Secret | undefined {
     const held = this.#held;
-    return held && held.expiresAt > this.deps.clock.now() ? held.token : undefined;
+    return held && held.expiresAt > this.#deps.clock.now() ? held.token : undefined;
   }
 
   /** Expiry (clock ms) of the token held, `undefined` when none. */
@@ -153,9 +156,9 @@ export class TokenManager {
     if (this.#renewal || this.#held?.token !== rejected) return true;
     // A token that worked and is now refused was revoked: renew at once, whatever came before.
     if (this.#rejections === 0 || this.#held.accepted) return true;
-    const { min, max } = this.deps.config.retry;
+    const { min, max } = this.#deps.config.retry;
     const wait = backoffCeiling(this.#rejections - 1, min, max);
-    return this.deps.clock.now() - this.#lastRejectionAt >= wait;
+    return this.#deps.clock.now() - this.#lastRejectionAt >= wait;
   }
 
   /**
@@ -169,7 +172,7 @@ export class TokenManager {
     // Only 401s to tokens never accepted count towards the backoff.
     if (this.#held.accepted) this.#rejections = 0;
     this.#rejections += 1;
-    this.#lastRejectionAt = this.deps.clock.now();
+    this.#lastRejectionAt = this.#deps.clock.now();
     this.#audit.tokenRejectedByUpstream(rejected.reveal(), this.#rejections);
     this.#cause = 'upstream_rejected';
     return this.renew(true);
@@ -213,22 +216,22 @@ export class TokenManager {
   stop(): void {
     this.#stopped = true;
     this.#clear();
-    if (this.#expiryTimer) this.deps.clock.clearTimeout(this.#expiryTimer);
+    if (this.#expiryTimer) this.#deps.clock.clearTimeout(this.#expiryTimer);
     for (const w of this.#waiters.drain()) this.#reject(w, new TokenUnavailableError());
   }
 
   async #fetch(): Promise<void> {
-    const { clock, config, metrics, logger } = this.deps;
+    const { clock, config, metrics, logger } = this.#deps;
     this.#clear();
     // The lifetime counts from when the request was sent: the safe side of the network delay.
     const sentAt = clock.now();
     const cause = this.#cause ?? (this.#held ? 'scheduled' : 'initial');
     this.#cause = undefined;
-    const observed = this.deps.renewals?.renewalStarted(cause);
-    const credentials = this.deps.credentials();
+    const observed = this.#deps.renewals?.renewalStarted(cause);
+    const credentials = this.#deps.credentials();
     let issued: IssuedToken;
     try {
-      issued = await this.deps.source.requestToken(credentials);
+      issued = await this.#deps.source.requestToken(credentials);
     } catch (err) {
       const e = asTokenRequestError(err);
       observed?.failed(e.reason, e.status);
@@ -267,7 +270,7 @@ export class TokenManager {
   }
 
   #failed(e: TokenRequestError, credentials: ClientCredentials): void {
-    const { clock, config, metrics } = this.deps;
+    const { clock, config, metrics } = this.#deps;
     metrics.tokenRefreshes.inc({ result: 'failure' });
     metrics.tokenRefreshFailures.inc({ reason: e.reason });
     this.#failures += 1;
@@ -290,13 +293,13 @@ export class TokenManager {
   }
 
   #armExpiry(expiresAt: number): void {
-    const { clock } = this.deps;
+    const { clock } = this.#deps;
     if (this.#expiryTimer) clock.clearTimeout(this.#expiryTimer);
     this.#expiryTimer = this.#unref(
       clock.setTimeout(() => {
         if (this.#held?.expiresAt !== expiresAt) return;
-        this.deps.metrics.tokenExpiry.set(0);
-        this.deps.logger.error(
+        this.#deps.metrics.tokenExpiry.set(0);
+        this.#deps.logger.error(
           { event: 'token_expired' },
           'no valid token: requests wait for a renewal',
         );
@@ -305,7 +308,7 @@ export class TokenManager {
   }
 
   #clear(): void {
-    if (this.#timer) this.deps.clock.clearTimeout(this.#timer);
+    if (this.#timer) this.#deps.clock.clearTimeout(this.#timer);
     this.#timer = undefined;
   }
 

@@ -181,16 +181,18 @@ class RenewalTracer implements RenewalObserver {
   lastIssued: SpanContext | undefined;
   readonly #url: URL;
 
-  constructor(
-    private readonly tracer: Tracer,
-    private readonly deps: PeerDeps,
-  ) {
+  readonly #tracer: Tracer;
+  readonly #deps: PeerDeps;
+
+  constructor(tracer: Tracer, deps: PeerDeps) {
+    this.#tracer = tracer;
+    this.#deps = deps;
     this.#url = new URL(deps.tokenUrl);
   }
 
   renewalStarted(cause: RenewalCause): RenewalObservation {
     const url = this.#url;
-    const span = this.tracer.startSpan(
+    const span = this.#tracer.startSpan(
       'token renewal',
       {
         kind: SpanKind.CLIENT,
@@ -201,7 +203,7 @@ class RenewalTracer implements RenewalObserver {
           [ATTR_SERVER_PORT]: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
           // Without the query: the contract keeps query strings out of every attribute.
           [ATTR_URL_FULL]: `${url.origin}${url.pathname}`,
-          [ATTR_ROUTE]: this.deps.route,
+          [ATTR_ROUTE]: this.#deps.route,
           [ATTR_RENEWAL_CAUSE]: cause,
         },
       },
@@ -258,14 +260,23 @@ class RequestTrace implements RequestObservation {
   #attempt: Span | undefined;
   #attempts = 0;
 
+  readonly #tracer: Tracer;
+  readonly #renewals: RenewalTracer;
+  readonly #peer: { address: string; port: number; base: string };
+  readonly #req: IncomingMessage;
+
   constructor(
-    private readonly tracer: Tracer,
-    private readonly renewals: RenewalTracer,
+    tracer: Tracer,
+    renewals: RenewalTracer,
     route: string,
-    private readonly peer: { address: string; port: number; base: string },
-    private readonly req: IncomingMessage,
+    peer: { address: string; port: number; base: string },
+    req: IncomingMessage,
     res: ServerResponse,
   ) {
+    this.#tracer = tracer;
+    this.#renewals = renewals;
+    this.#peer = peer;
+    this.#req = req;
     this.#carrier = traceHeaders(req.rawHeaders);
     const parent = propagator.extract(ROOT_CONTEXT, this.#carrier, getter);
     const method = req.method ?? 'GET';
@@ -311,7 +322,7 @@ class RequestTrace implements RequestObservation {
   }
 
   queueStarted(): void {
-    this.#queue = this.tracer.startSpan(
+    this.#queue = this.#tracer.startSpan(
       'queue wait',
       { kind: SpanKind.INTERNAL, startTime: now() },
       this.#context,
@@ -328,8 +339,8 @@ class RequestTrace implements RequestObservation {
   }
 
   tokenWaitStarted(): void {
-    const inFlight = this.renewals.inFlight;
-    this.#tokenWait = this.tracer.startSpan(
+    const inFlight = this.#renewals.inFlight;
+    this.#tokenWait = this.#tracer.startSpan(
       'token wait',
       {
         kind: SpanKind.INTERNAL,
@@ -347,7 +358,7 @@ class RequestTrace implements RequestObservation {
     const span = this.#tokenWait;
     if (!span) return;
     // The renewal that brought the token, when it is not the one linked at the start already.
-    const issued = this.renewals.lastIssued;
+    const issued = this.#renewals.lastIssued;
     if (!error && issued && issued.spanId !== this.#waitingFor?.spanId)
       span.addLink({ context: issued } satisfies Link);
     failSpan(span, error);
@@ -356,18 +367,18 @@ class RequestTrace implements RequestObservation {
   }
 
   attemptStarted(headers: string[]): void {
-    const method = this.req.method ?? 'GET';
-    const span = this.tracer.startSpan(
+    const method = this.#req.method ?? 'GET';
+    const span = this.#tracer.startSpan(
       method,
       {
         kind: SpanKind.CLIENT,
         startTime: now(),
         attributes: {
           [ATTR_HTTP_REQUEST_METHOD]: method,
-          [ATTR_SERVER_ADDRESS]: this.peer.address,
-          [ATTR_SERVER_PORT]: this.peer.port,
+          [ATTR_SERVER_ADDRESS]: this.#peer.address,
+          [ATTR_SERVER_PORT]: this.#peer.port,
           // The query is left out on purpose (it may carry API keys): no query in any attribute.
-          [ATTR_URL_FULL]: `${this.peer.base}${withoutQuery(this.req.url ?? '')}`,
+          [ATTR_URL_FULL]: `${this.#peer.base}${withoutQuery(this.#req.url ?? '')}`,
           ...(this.#attempts > 0 ? { [ATTR_HTTP_REQUEST_RESEND_COUNT]: this.#attempts } : {}),
         },
       },

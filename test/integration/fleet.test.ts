@@ -17,7 +17,7 @@ import { startUpstream, type Upstream, type UpstreamRequest } from '../support/u
 import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
 
 // A fleet of REAL proxy processes (dist/main.js) sharing one budget in a real redis-server with
-// a password, in front of one upstream that records when each request arrived (issue 7).
+// a password, in front of one upstream that records when each request arrived (docs/fleet.md).
 //
 // Two records are checked. The budget's own: the start times reserved in Redis (server time,
 // µs), read from the budget's sorted set while the test runs; they must obey the limits exactly.

@@ -3,8 +3,8 @@ import { CHART_METRIC_NAMES } from '../helm/metric-names.js';
 import { freePort } from '../support/process.js';
 import { startWorld, type World } from './world.js';
 
-/** The fixed names and labels of CONTRACT.md, "Metrics". */
-const CONTRACT = {
+/** The fixed metric names and labels (docs/metrics.md). */
+const DOCUMENTED = {
   m2m_proxy_token_refreshes_total: ['counter', ['route', 'result']],
   m2m_proxy_token_refresh_failures_total: ['counter', ['route', 'reason']],
   m2m_proxy_token_expiry_timestamp_seconds: ['gauge', ['route']],
@@ -44,7 +44,7 @@ describe('/metrics of a running proxy', () => {
 
   it('exports every metric of the contract with its type and labels', () => {
     const exported = types(text);
-    for (const [name, [type, labels]] of Object.entries(CONTRACT)) {
+    for (const [name, [type, labels]] of Object.entries(DOCUMENTED)) {
       expect(exported.get(name), name).toBe(type);
       // A histogram's series are its `_count`, `_sum` and `_bucket` lines.
       const sample = type === 'histogram' ? `${name}_count{` : `${name}{`;

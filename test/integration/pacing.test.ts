@@ -1,5 +1,5 @@
 /**
- * Pacing through the real proxy process, in real time (CONTRACT.md, "Pacing"; issue 4): the
+ * Pacing through the real proxy process, in real time (docs/pacing.md): the
  * upstream records the arrival of every request (`performance.now()`), so these tests measure
  * what the upstream — and its WAF — would see, not what the pacer believes it did.
  */

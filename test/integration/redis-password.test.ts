@@ -6,6 +6,7 @@ import { inspect } from 'node:util';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/clock.js';
+import { readRedisPassword } from '../../src/credentials/credentials.js';
 import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
 import { LocalSlotStore } from '../../src/pacing/local-slot-store.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
@@ -48,6 +49,7 @@ function build(secret: string) {
       logger: sink.logger,
       registry,
       localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock: systemClock }),
+      password: readRedisPassword(file),
     },
   );
   return { store, sink, registry };
