@@ -19,8 +19,8 @@ import { AccessLog } from './log/access.js';
 import { Audit } from './log/audit.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
-import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
+import { sharedStores } from './pacing/shared-stores.js';
 import type { Pacer, SlotStore } from './pacing/types.js';
 import { Forwarder } from './proxy/forward.js';
 import { ProxyHandler, type ReplayBudget } from './proxy/handler.js';
@@ -118,7 +118,12 @@ export async function startApp(deps: AppDeps): Promise<App> {
     }
   }
 
-  const stores = await sharedStores(config, metrics, deps, clock);
+  const stores = await sharedStores(config, {
+    clock,
+    logger,
+    registry: metrics.registry,
+    redisPasswords: deps.redisPasswords,
+  });
   const parts: RouteParts[] = [];
   // One budget for the process: limits.connections is shared evenly by the routes' ports, and
   // kept bodies of every route draw from one limits.replayBytes.
@@ -215,54 +220,6 @@ export async function startApp(deps: AppDeps): Promise<App> {
       return shutdown;
     },
   };
-}
-
-/**
- * One shared-budget store per `rateLimit.shared.key`, whatever the number of routes using it:
- * one Redis connection, and while Redis is unreachable the process paces those routes together
- * at its one fallback share (a store per route would give the process one share per route).
- * Each route gets its own handle from the factory; the store closes when the last one does.
- */
-async function sharedStores(
-  config: Config,
-  metrics: Metrics,
-  deps: AppDeps,
-  clock: Clock,
-): Promise<Map<string, () => SlotStore>> {
-  const byKey = new Map<string, RouteConfig[]>();
-  for (const route of config.routes) {
-    const key = route.rateLimit.shared?.key;
-    if (key !== undefined) byKey.set(key, [...(byKey.get(key) ?? []), route]);
-  }
-  const stores = new Map<string, () => SlotStore>();
-  if (byKey.size === 0) return stores;
-  // Loaded only for a fleet: the Redis client alone adds ~23 MB to the sidecar's resident memory.
-  const { createSharedStore } = await import('./pacing/shared-store.js');
-  for (const [key, routes] of byKey) {
-    const [first] = routes as [RouteConfig];
-    const shared = first.rateLimit.shared as NonNullable<RouteConfig['rateLimit']['shared']>;
-    const names = routes.map((r) => r.name);
-    // The configuration guarantees that these routes agree on the budget (perSecond, window, shared).
-    const store = createSharedStore(first.rateLimit, shared, {
-      clock,
-      logger: deps.logger.child({ route: names.join(',') }),
-      registry: metrics.registry,
-      routes: names,
-      password: shared.passwordFile ? deps.redisPasswords?.get(shared.passwordFile) : undefined,
-      localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
-      audit: new Audit(deps.logger, names.join(',')),
-    });
-    let open = routes.length;
-    stores.set(key, () =>
-      routes.length === 1
-        ? store
-        : {
-            reserve: (maxDelayMs, notBeforeMs) => store.reserve(maxDelayMs, notBeforeMs),
-            close: () => (--open === 0 ? store.close() : Promise.resolve()),
-          },
-    );
-  }
-  return stores;
 }
 
 /** What one route's parts are built from. */

@@ -18,7 +18,7 @@ import {
   readRedisPassword,
   worldReadable,
 } from './credentials/credentials.js';
-import { readCaFile } from './proxy/forward.js';
+import { readCaFile } from './proxy/ca-file.js';
 
 /**
  * Start-up's reading, shared by `--check` and a real start so that `--check` runs exactly the

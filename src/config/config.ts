@@ -1,3 +1,8 @@
+/*
+ * Longer than the project's ~300 lines on purpose: the whole shape of the configuration file and
+ * its cross-key rules in one place, key by key in the order of docs/configuration.md, so the
+ * schema and the docs table can be compared side by side.
+ */
 import {
   boolean,
   duration,

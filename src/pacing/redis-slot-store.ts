@@ -1,3 +1,8 @@
+/*
+ * Longer than the project's ~300 lines on purpose: one Redis connection's whole protocol
+ * (reservation, heartbeat, ping, the clock offset to Redis `TIME`, waiting for a reconnect, the
+ * command timeout) shares the connection state; the script itself is `reserve-script.ts`.
+ */
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { inspect } from 'node:util';

@@ -1,12 +1,10 @@
-import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
 import type { Clock, Timer } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
-import { ConfigError } from '../config/load.js';
 import { M2mError } from '../errors.js';
 import type { TransferStats } from '../tracing/types.js';
+import { readCaFile } from './ca-file.js';
 import type { Cancellation } from './cancellation.js';
 import { ProxyError } from './errors.js';
 import { responseHeaders } from './headers.js';
@@ -56,30 +54,6 @@ export class SlotForfeited extends M2mError {
   constructor() {
     super('pacing slot forfeited: the request reached the socket too late for it');
   }
-}
-
-/**
- * Reads `upstream.caFile` and checks that it is a PEM bundle of certificates Node can parse:
- * `--check` and start-up refuse a missing or wrong file instead of failing at the first request.
- * Throws a `ConfigError` naming the key and the file.
- */
-export function readCaFile(file: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError([
-      `upstream.caFile: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
-    ]);
-  }
-  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-  try {
-    if (blocks.length === 0) throw new Error('no certificate');
-    for (const block of blocks) new X509Certificate(block);
-  } catch {
-    throw new ConfigError([`upstream.caFile: ${file} is not a PEM bundle of certificates`]);
-  }
-  return text;
 }
 
 /** How much later than `upstream.timeout` undici's own header and body timers fire. */

@@ -1,3 +1,9 @@
+/*
+ * Longer than the project's ~300 lines on purpose: one request's path (validate → keep or stream
+ * the body → admit → attempt → replay after a 401 → fail) is one flow whose error and clean-up
+ * paths must be read together. The port's server, the error catalogue, the forwarder, headers and
+ * target rules are already files of their own.
+ */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Clock } from '../clock.js';
 import type { Config, RouteConfig } from '../config/config.js';

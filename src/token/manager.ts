@@ -1,3 +1,8 @@
+/*
+ * Longer than the project's ~300 lines on purpose: the token lifecycle is one state machine (the
+ * held token, the renewal and expiry timers, the waiters, the 401 handling and the backoff) whose
+ * transitions touch the same few fields; the HTTP grant itself is `client.ts`.
+ */
 import type { Clock, Timer } from '../clock.js';
 import { DEFAULT_ROUTE, displayUrl, type RouteConfig } from '../config/config.js';
 import type { ClientCredentials } from '../credentials/credentials.js';

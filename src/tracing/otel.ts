@@ -1,3 +1,9 @@
+/*
+ * Longer than the project's ~300 lines on purpose: OpenTelemetry is loaded by one `import()` of
+ * this file only, so every use of the SDK (the provider, the renewal and request tracers, the
+ * W3C propagation helpers, the span clock) stays here; splitting it would spread the SDK's
+ * imports over files that the lazy load must then keep track of.
+ */
 /**
  * OpenTelemetry traces (docs/tracing.md). This module is imported only when tracing is
  * configured (`app.ts` loads it with `import()`), so a proxy without an OTLP endpoint never loads
