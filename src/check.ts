@@ -1,5 +1,9 @@
-import type { Config, RouteConfig } from './config/config.js';
-import { displayUrl } from './config/config.js';
+/**
+ * Start-up's reading, shared by `--check` and a real start so that `--check` runs exactly the
+ * path a start does: the configuration, then every file it names (credentials, Redis passwords,
+ * CA bundles), every problem collected before anything is reported; and the `--check` report.
+ */
+import { type Config, displayUrl, type RouteConfig } from './config/config.js';
 import { formatDuration } from './config/duration.js';
 import {
   type EnvCredentials,
@@ -19,12 +23,6 @@ import {
   worldReadable,
 } from './credentials/credentials.js';
 import { readCaFile } from './proxy/ca-file.js';
-
-/**
- * Start-up's reading, shared by `--check` and a real start so that `--check` runs exactly the
- * path a start does: the configuration, then every file it names (credentials, Redis passwords,
- * CA bundles), every problem collected before anything is reported; and the `--check` report.
- */
 
 /** What start-up has read, ready to start the proxy with. */
 export interface Loaded {
