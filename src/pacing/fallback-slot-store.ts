@@ -127,17 +127,33 @@ export class FallbackSlotStore implements SlotStore {
     return Math.min(cap, 1 / this.#replicas);
   }
 
-  async reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation> {
+  async reserve(
+    maxDelayMs: number,
+    notBeforeMs: number,
+    signal?: AbortSignal,
+  ): Promise<Reservation> {
+    const asked = this.#clock.now();
     if (this.#up) {
       try {
-        const reservation = await this.#shared.reserve(maxDelayMs, this.#notBefore(notBeforeMs));
+        const reservation = await this.#shared.reserve(
+          maxDelayMs,
+          this.#notBefore(notBeforeMs),
+          signal,
+        );
         if (reservation.granted) this.#granted(reservation, true);
         return reservation;
       } catch (error) {
+        // The request left while the shared store waited for its slot: not a Redis failure.
+        if (signal?.aborted) throw signal.reason;
         this.#markDown(error);
       }
     }
-    const reservation = await this.#localStore().reserve(maxDelayMs, this.#notBefore(notBeforeMs));
+    // The shared store may have waited for a slot before it failed: the time left is shorter.
+    const elapsed = this.#clock.now() - asked;
+    const reservation = await this.#localStore().reserve(
+      maxDelayMs < 0 ? maxDelayMs : Math.max(0, maxDelayMs - elapsed),
+      this.#notBefore(notBeforeMs - elapsed),
+    );
     if (reservation.granted) this.#granted(reservation, false);
     return reservation;
   }
