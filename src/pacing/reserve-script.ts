@@ -22,7 +22,7 @@ import type { SlotLimits } from './types.js';
  * number, 0 when nothing was recorded), reclaimed 1|0}, where status is
  * 1 = granted (recorded), 0 = refused (the start is beyond maxDelay; nothing recorded),
  * 2 = later: the start is within maxDelay but more than lookaheadUs away, so nothing is recorded
- * and the caller asks again shortly before it (docs/fleet.md, "Reserve only when nearly ready").
+ * and the caller asks again shortly before it (docs/fleet.md, "Rule 2: reserve only when nearly ready").
  * A start decided by notBefore (an upstream pause, a switch-over hold) is granted ahead as before:
  * recorded, it holds the rest of the fleet back, which is the point of an upstream pause.
  *

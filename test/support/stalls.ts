@@ -165,7 +165,10 @@ export interface StalledFleetResult {
   proxies: ProxyProcess[];
   /** Runs of the reservation script during the load (every ask, granted or not) ÷ requests. */
   asksPerRequest: number;
-  /** `shared_budget_down` lines: a replica that paced alone while the others used Redis. */
+  /**
+   * `shared_budget_down` lines during the load: a replica that paced alone while the others used
+   * Redis (its starts are not in the fleet's record).
+   */
   switchesToLocal: number;
   /**
    * The densest sliding second by the upstream's record: each arrival as `+ms@replica`, from the
@@ -263,6 +266,8 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
       Array.from({ length: o.perReplica }, (_, i) => `${proxy.url}/${tag}/${r}/${i}`),
     );
     const asksBefore = await Promise.all(fleet.map((p) => metricSum(p, RESERVE_CALLS)));
+    // Log lines from here on belong to the measured load (a replica may have switched at start-up).
+    const logsBefore = fleet.map((p) => p.logs.length);
     const wire = await WireCapture.start(o.api.port);
     const recordedFrom = o.api.requests.length;
     const load = burst(urls, 60_000);
@@ -330,7 +335,8 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
       proxies: fleet,
       asksPerRequest: asks / Math.max(1, handler.length),
       switchesToLocal: fleet.reduce(
-        (sum, p) => sum + p.logs.filter((l) => l.event === 'shared_budget_down').length,
+        (sum, p, i) =>
+          sum + p.logs.slice(logsBefore[i]).filter((l) => l.event === 'shared_budget_down').length,
         0,
       ),
       densest: densestSecond(records),
