@@ -40,7 +40,7 @@ console.log(
     .join(' ')}`,
 );
 console.log(
-  '| run | measured at | max per sliding second | smallest gap | gaps < 150 ms | achieved | freezes | forfeits | Redis asks per request | switches to local | load (1 min) |',
+  '| run | measured at | max per sliding second | smallest gap | gaps < 150 ms | achieved | freezes | forfeits (given back) | Redis asks per request | switches to local | load (1 min) |',
 );
 console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 const asks: number[] = [];
@@ -71,7 +71,7 @@ try {
     const failed = r.statuses.filter((s) => s !== 200).length;
     if (r.maxInAnySecond <= perSecond && r.achievedShare >= 0.95 && failed === 0) ok++;
     console.log(
-      `| ${run} | ${r.measuredAt} | ${r.maxInAnySecond} | ${r.minGapMs.toFixed(1)} ms | ${r.gapsBelow150} | ${(r.achievedShare * 100).toFixed(1)} %${failed ? ` (${failed} failed)` : ''} | ${r.freezes} | ${r.forfeits} | ${r.asksPerRequest.toFixed(2)} | ${r.switchesToLocal} | ${loadavg()[0]?.toFixed(1)} |`,
+      `| ${run} | ${r.measuredAt} | ${r.maxInAnySecond} | ${r.minGapMs.toFixed(1)} ms | ${r.gapsBelow150} | ${(r.achievedShare * 100).toFixed(1)} %${failed ? ` (${failed} failed)` : ''} | ${r.freezes} | ${r.forfeits} (${r.reclaimed}) | ${r.asksPerRequest.toFixed(2)} | ${r.switchesToLocal} | ${loadavg()[0]?.toFixed(1)} |`,
     );
     asks.push(r.asksPerRequest);
     // A run over the limit: which replicas sent the densest second (upstream's record).

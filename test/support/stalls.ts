@@ -159,6 +159,8 @@ export interface StalledFleetResult {
   freezes: number;
   /** Slots given up by the replicas (sum of `m2m_proxy_shared_budget_forfeits_total`). */
   forfeits: number;
+  /** Forfeited slots given back to the fleet (`shared_slot_reclaimed` lines). */
+  reclaimed: number;
   /** The replicas' `shared_slot_forfeited` log lines (lateness, clock doubt). */
   forfeitLines: Record<string, unknown>[];
   /** Every replica's output, for the secret scan. */
@@ -230,7 +232,8 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
         // Several node processes starting at once on a busy 2-core host.
         readyTimeoutMs: 30_000,
         config: await o.makeConfig({
-          log: { level: 'info' },
+          // Debug: the forfeited and reclaimed slots are logged at debug level.
+          log: { level: 'debug' },
           rateLimit: {
             perSecond: o.perSecond,
             burst: 1,
@@ -331,6 +334,10 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
       achievedShare: span > 0 ? (times.length - 1) / (span / 1000) / o.perSecond : 0,
       freezes,
       forfeits,
+      reclaimed: fleet.reduce(
+        (sum, p) => sum + p.logs.filter((l) => l.event === 'shared_slot_reclaimed').length,
+        0,
+      ),
       forfeitLines: fleet.flatMap((p) => p.logs.filter((l) => l.event === 'shared_slot_forfeited')),
       proxies: fleet,
       asksPerRequest: asks / Math.max(1, handler.length),
