@@ -69,8 +69,9 @@ export interface FallbackSlotStoreOptions {
  * local pacing at this replica's share: 1 / the replicas last seen, never above `fallback` when
  * set (`fallback`, or `UNKNOWN_FLEET_SHARE` without it, when none was ever seen), so N replicas
  * that lose Redis together send at most the budget. The switch logs one `shared_budget_down`
- * warning (with the share) and the failed reservation is retried locally at once. While down,
- * Redis is probed every `probeIntervalMs`; the first answer switches back and logs one
+ * warning (with the share) and the failed reservation is retried on the side in use once the
+ * hold after the switch has passed (`SWITCH_HOLD_MS`). While down, Redis is probed after
+ * `FIRST_PROBE_MS`, then every `probeIntervalMs`; the first answer switches back and logs one
  * `shared_budget_up`. Requests never call Redis while down, so an outage costs them nothing.
  * Both switches happen in `#markDown` and `#markUp` only.
  */
