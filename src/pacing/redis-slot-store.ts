@@ -343,6 +343,7 @@ export class RedisSlotStore implements SharedSlotStore {
       this.#grantName = reply.name;
     }
     if (reply.reclaimed) {
+      this.#metrics.reclaims.inc();
       this.#logger?.debug({ event: 'shared_slot_reclaimed', slot: reclaim });
     }
     if (reply.windowRemaining !== undefined) reservation.windowRemaining = reply.windowRemaining;
