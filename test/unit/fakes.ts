@@ -421,7 +421,7 @@ export interface ClientRequest {
   headers?: Record<string, string>;
   /** Written in this many pieces, in order; for a chunked body leave out `content-length`. */
   body?: Array<string | Buffer>;
-  /** Leave the request open after the body (to destroy it later with `abort`). */
+  /** Leave the request open after the body (to write more, `end` or `abort` it later). */
   keepOpen?: boolean;
 }
 
@@ -432,7 +432,12 @@ export interface ClientRequest {
 export function send(
   port: number,
   r: ClientRequest = {},
-): { result: Promise<ClientResult>; abort(): void } {
+): {
+  result: Promise<ClientResult>;
+  abort(): void;
+  write(piece: string | Buffer): void;
+  end(): void;
+} {
   const req = request({
     host: '127.0.0.1',
     port,
@@ -471,7 +476,12 @@ export function send(
   for (const piece of r.body ?? []) req.write(piece);
   if (!r.keepOpen) req.end();
   else req.flushHeaders();
-  return { result, abort: () => req.destroy() };
+  return {
+    result,
+    abort: () => req.destroy(),
+    write: (piece) => req.write(piece),
+    end: () => req.end(),
+  };
 }
 
 /** A readable stream of `pieces`, for a forwarder's streamed body. */
