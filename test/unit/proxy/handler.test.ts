@@ -270,6 +270,49 @@ describe('ProxyHandler: the client leaves', () => {
   });
 });
 
+describe('ProxyHandler: a slow body and a failing pacer', () => {
+  it('answers 408 request_timeout to a kept body that does not arrive within limits.bodyTimeout', async () => {
+    const t = makeHandler();
+    const c = send(server.port, {
+      method: 'POST',
+      headers: { 'content-length': '100' },
+      body: ['0123456789'],
+      keepOpen: true,
+    });
+    await until(() => t.replay.held === 100, 'the body read to begin');
+    await vi.advanceTimersByTimeAsync(LIMITS.bodyTimeout - 1);
+    expect(server.responses[0]?.headersSent).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    const r = await c.result;
+    expect(r.status).toBe(408);
+    expect(errorCode(r.body)).toBe('request_timeout');
+    expect(r.headers['x-m2m-proxy-error']).toBe('request_timeout');
+    await until(() => t.handler.inFlight === 0, 'the request to end');
+    expect(t.replay.held).toBe(0);
+    expect(t.pacer.acquires).toHaveLength(0);
+    expect(t.upstream.calls).toHaveLength(0);
+    expect(await rejections(t.metrics)).toEqual({ request_timeout: 1 });
+  });
+
+  it('a pacer that fails with an error of its own (a broken slot store): the request ends at once, nothing is sent or held', async () => {
+    const t = makeHandler();
+    t.pacer.failWith = new Error('slot store broke');
+    const r = await send(server.port, {
+      method: 'POST',
+      headers: { 'content-length': '5' },
+      body: ['hello'],
+    }).result;
+    // Never an answer that could pass for the upstream's: a proxy error, or the connection cut.
+    if (r.status !== undefined) expect(r.headers['x-m2m-proxy-error']).toBeDefined();
+    else expect(r.complete).toBe(false);
+    await until(() => t.handler.inFlight === 0, 'the request to end');
+    expect(t.upstream.calls).toHaveLength(0);
+    expect(t.pacer.granted).toBe(0);
+    expect(t.replay.held).toBe(0);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+});
+
 describe('ProxyHandler: a failure after the response began', () => {
   it('an upstream error after the headers cuts the client connection instead of ending the response', async () => {
     const t = makeHandler();
