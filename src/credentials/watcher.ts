@@ -13,7 +13,7 @@ const SETTLE_MS = 200;
  * filesystems, a watcher that failed). 60 s matches the kubelet's own sync period for Secret
  * volumes, and reading two small files a minute costs nothing.
  */
-const POLL_MS = 60_000;
+export const POLL_MS = 60_000;
 
 /** What a `CredentialWatcher` watches, how it reads, and whom it tells. */
 export interface CredentialWatcherDeps {
