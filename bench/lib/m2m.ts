@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { imageNodeFlags } from '../../test/support/node-flags.js';
 import { freePort } from '../../test/support/process.js';
 import { stopProcess, waitForHttp } from './processes.js';
 
@@ -91,7 +92,8 @@ export class M2mProxy {
     // JSON is YAML: no serializer needed, and the file stays readable when a run fails.
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
 
-    const nodeArgs: string[] = [];
+    // The image's node flags (Dockerfile ENTRYPOINT): the bench measures what the image runs.
+    const nodeArgs: string[] = [...imageNodeFlags()];
     if (opts.cpuProf) {
       mkdirSync(profDir, { recursive: true });
       nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
