@@ -58,18 +58,16 @@ mkdir -p "$run/usr"
 for l in bin lib lib64 sbin; do
   if [ -L "$rootfs/$l" ]; then mkdir -p "$run/usr/$l" && cp -a "$rootfs/$l" "$run/$l"; fi
 done
+# One tar pass over the packages' file lists. Paths under /lib, /lib64, /bin, /sbin are written
+# as their /usr targets (merged /usr), so that the symlinks above stay symlinks.
 for pkg in libc6 libgcc-s1 libstdc++6 base-files netbase tzdata; do
-  list=$rootfs/var/lib/dpkg/info/$pkg.list
-  [ -f "$list" ] || list=$rootfs/var/lib/dpkg/info/$pkg:amd64.list
-  [ -f "$list" ] || continue
-  while IFS= read -r f; do
-    [ -e "$rootfs$f" ] || [ -L "$rootfs$f" ] || continue
-    [ -L "$rootfs$f" ] && [ -L "$run$f" ] && continue
-    if [ -d "$rootfs$f" ] && [ ! -L "$rootfs$f" ]; then mkdir -p "$run$f"; continue; fi
-    mkdir -p "$run$(dirname "$f")"
-    cp -a "$rootfs$f" "$run$f"
-  done <"$list"
-done
+  for list in "$rootfs/var/lib/dpkg/info/$pkg.list" "$rootfs/var/lib/dpkg/info/$pkg:amd64.list"; do
+    if [ -f "$list" ]; then cat "$list"; fi
+  done
+done | sed -E 's#^/(lib|lib64|bin|sbin)(/|$)#/usr/\1\2#' | grep -vxE '/|/usr|/usr/(lib|lib64|bin|sbin)' \
+  | sort -u | sed 's#^/#./#' >"$work/runtime-files"
+tar -C "$rootfs" -c --no-recursion --ignore-failed-read -T "$work/runtime-files" 2>/dev/null \
+  | tar -C "$run" -x --keep-directory-symlink
 mkdir -p "$run/etc" "$run/tmp" "$run/home/nonroot" "$run/nodejs/bin"
 chmod 1777 "$run/tmp"
 chown 65532:65532 "$run/home/nonroot"
