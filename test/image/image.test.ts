@@ -215,10 +215,12 @@ beforeAll(async () => {
     `${secretDir}:/var/run/secrets/m2m:ro`,
     IMAGE,
   ]);
-  const healthz = await waitFor(`${adminUrl}/healthz`, 200, 30_000);
-  const readyz = await waitFor(`${adminUrl}/readyz`, 200, 30_000);
+  await waitFor(`${adminUrl}/healthz`, 200, 30_000);
+  const healthz = performance.now() - t0;
+  await waitFor(`${adminUrl}/readyz`, 200, 30_000);
+  const readyz = performance.now() - t0;
   console.log(
-    `container started: /healthz 200 after ${(healthz / 1000).toFixed(2)} s, /readyz 200 after ${((performance.now() - t0) / 1000).toFixed(2)} s (podman run included; readyz wait ${(readyz / 1000).toFixed(2)} s)`,
+    `container start (podman run included): /healthz 200 after ${(healthz / 1000).toFixed(2)} s, /readyz 200 after ${(readyz / 1000).toFixed(2)} s`,
   );
 }, 900_000);
 
