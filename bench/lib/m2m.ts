@@ -27,6 +27,8 @@ export interface M2mOptions {
   token?: Record<string, unknown>;
   /** Start node with `--cpu-prof` (profile written on exit into bench/results/prof). */
   cpuProf?: boolean;
+  /** The node binary to run it with (default: the bench's own). */
+  node?: string;
 }
 
 export class M2mProxy {
@@ -98,11 +100,15 @@ export class M2mProxy {
       mkdirSync(profDir, { recursive: true });
       nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
     }
-    const child = spawn(process.execPath, [...nodeArgs, mainJs, '--config', configFile], {
-      cwd: repoRoot,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NODE_ENV: 'production' },
-    });
+    const child = spawn(
+      opts.node ?? process.execPath,
+      [...nodeArgs, mainJs, '--config', configFile],
+      {
+        cwd: repoRoot,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, NODE_ENV: 'production' },
+      },
+    );
     const proxy = new M2mProxy(child, port, adminPort, dir);
     try {
       await waitForHttp(`${proxy.adminUrl}/${waitFor === 'ready' ? 'readyz' : 'healthz'}`, {

@@ -191,6 +191,25 @@ export async function runMemory(
       own <= 50 && queued.requested === 10_000 && (queued.queued ?? 0) >= queued.requested - 60;
     streamCheck.measured = `+${streaming.addedMiB} MB (${streaming.bytes / 1024 ** 2} MiB at ${streaming.mibPerSecond} MiB/s)`;
     streamCheck.pass = streaming.addedMiB <= 30 && streaming.received === bytes;
+    // Idle RSS on other Node binaries (BENCH_NODES), e.g. the Node 24 the image runs.
+    for (const node of (process.env.BENCH_NODES ?? '').split(',').filter(Boolean)) {
+      const version = (await capture(node, ['--version'])).trim();
+      const other = await M2mProxy.start({ upstreamUrl: upstream.url, tokenUrl, node });
+      try {
+        await load({ url: `${other.url}/warm`, connections: 1, amount: 20 });
+        await sleep(5000);
+        const rss = await idleRss(other.pid);
+        ctx.log(`  idle on Node ${version}: ${round(rss, 1)} MiB`);
+        checks.push({
+          target: `idle RSS on Node ${version}`,
+          goal: '≤ 60 MB',
+          measured: `${round(rss, 1)} MB`,
+          pass: rss <= 60,
+        });
+      } finally {
+        await other.stop();
+      }
+    }
     return { result: { idleMiB: round(idle, 1), queued, streaming }, checks };
   } finally {
     await upstream.stop();
