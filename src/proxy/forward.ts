@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type Dispatcher, Pool } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { Config } from '../config/config.js';
 import { ProxyError } from '../errors.js';
+import { Pool } from '../undici.js';
 import type { Cancellation } from './cancellation.js';
 import { responseHeaders } from './headers.js';
 
