@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
@@ -14,6 +14,7 @@ import { CredentialWatcher } from './credentials/watcher.js';
 import { ERROR_HEADER, ProxyError } from './errors.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
+import { http } from './node-http.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
 import type { Pacer } from './pacing/types.js';
@@ -86,7 +87,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
   const forwarder = new Forwarder(config.upstream);
   const handler = new ProxyHandler({ config, tokens, pacer, forwarder, metrics, logger, clock });
 
-  const proxy = createServer(handler.handle);
+  const proxy = http.createServer(handler.handle);
   // Node's defaults (5 s keep-alive) would drop idle client connections sooner than clients expect.
   proxy.keepAliveTimeout = 65_000;
   // Requests that never reach the handler: malformed HTTP, CONNECT tunnels and protocol upgrades
