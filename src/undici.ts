@@ -23,6 +23,10 @@ const Agent = load('undici/lib/dispatcher/agent') as typeof Undici.Agent;
  * 20+ that global is shared with Node's built-in fetch, and reading it loads Node's copy of undici.
  */
 let agent: Undici.Agent | undefined;
+function defaultAgent(): Undici.Agent {
+  agent ??= new Agent();
+  return agent;
+}
 
 /** Options of {@link request}: undici's request options, the URL giving origin and path. */
 export type RequestOptions = Omit<Undici.Dispatcher.RequestOptions, 'origin' | 'path'> & {
@@ -36,7 +40,7 @@ export function request(
 ): Promise<Undici.Dispatcher.ResponseData> {
   const { dispatcher, ...rest } = options;
   const target = new URL(url);
-  const via = dispatcher ?? (agent ??= new Agent());
+  const via = dispatcher ?? defaultAgent();
   return via.request({
     ...rest,
     origin: target.origin,
