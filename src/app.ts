@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { createServer, type Server, type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
@@ -15,6 +15,7 @@ import { CredentialWatcher } from './credentials/watcher.js';
 import { ERROR_HEADER, ProxyError } from './errors.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
+import { http } from './node-http.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
 import type { Pacer } from './pacing/types.js';
@@ -101,7 +102,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     config.upstream.timeout;
   /** The response each connection is answering, if any (a parse error must not contradict it). */
   const answering = new WeakMap<Duplex, ServerResponse>();
-  const proxy = createServer(
+  const proxy = http.createServer(
     {
       headersTimeout: limits.headersTimeout,
       requestTimeout,
@@ -131,7 +132,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     }
     const body = error.body();
     socket.end(
-      `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status]}\r\nconnection: close\r\ncontent-type: application/json\r\n${ERROR_HEADER}: ${error.code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      `HTTP/1.1 ${error.status} ${http.STATUS_CODES[error.status]}\r\nconnection: close\r\ncontent-type: application/json\r\n${ERROR_HEADER}: ${error.code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
       () => socket.destroy(),
     );
   };

@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { imageNodeFlags } from '../../test/support/node-flags.js';
 import { freePort } from '../../test/support/process.js';
 import { stopProcess, waitForHttp } from './processes.js';
 
@@ -26,6 +27,8 @@ export interface M2mOptions {
   token?: Record<string, unknown>;
   /** Start node with `--cpu-prof` (profile written on exit into bench/results/prof). */
   cpuProf?: boolean;
+  /** The node binary to run it with (default: the bench's own). */
+  node?: string;
 }
 
 export class M2mProxy {
@@ -91,16 +94,21 @@ export class M2mProxy {
     // JSON is YAML: no serializer needed, and the file stays readable when a run fails.
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
 
-    const nodeArgs: string[] = [];
+    // The image's node flags (Dockerfile ENTRYPOINT): the bench measures what the image runs.
+    const nodeArgs: string[] = [...imageNodeFlags()];
     if (opts.cpuProf) {
       mkdirSync(profDir, { recursive: true });
       nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
     }
-    const child = spawn(process.execPath, [...nodeArgs, mainJs, '--config', configFile], {
-      cwd: repoRoot,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NODE_ENV: 'production' },
-    });
+    const child = spawn(
+      opts.node ?? process.execPath,
+      [...nodeArgs, mainJs, '--config', configFile],
+      {
+        cwd: repoRoot,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, NODE_ENV: 'production' },
+      },
+    );
     const proxy = new M2mProxy(child, port, adminPort, dir);
     try {
       await waitForHttp(`${proxy.adminUrl}/${waitFor === 'ready' ? 'readyz' : 'healthz'}`, {

@@ -1,5 +1,6 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
+import { http } from '../node-http.js';
 
 /** What `/readyz` asks: why the proxy cannot serve, or `undefined` when it can. */
 export type ReadinessProbe = () => string | undefined;
@@ -10,7 +11,7 @@ export type ReadinessProbe = () => string | undefined;
  * It serves nothing else and never anything secret.
  */
 export function createAdminServer(registry: Registry, notReadyReason: ReadinessProbe): Server {
-  return createServer((req: IncomingMessage, res: ServerResponse) => {
+  return http.createServer((req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       json(res, 405, { error: 'method_not_allowed' });

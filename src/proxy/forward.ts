@@ -1,10 +1,11 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type Dispatcher, Pool } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { Config } from '../config/config.js';
 import { ConfigError } from '../config/load.js';
 import { ProxyError } from '../errors.js';
+import { Pool } from '../undici.js';
 import type { Cancellation } from './cancellation.js';
 import { responseHeaders } from './headers.js';
 
