@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { createServer, type Server, type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
@@ -18,6 +18,7 @@ import { AccessLog } from './log/access.js';
 import { Audit } from './log/audit.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
+import { http } from './node-http.js';
 import { LocalSlotStore } from './pacing/local-slot-store.js';
 import { createPacer } from './pacing/pacer.js';
 import type { Pacer, SlotStore } from './pacing/types.js';
@@ -359,7 +360,7 @@ function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
     route.upstream.timeout;
   /** The response each connection is answering, if any (a parse error must not contradict it). */
   const answering = new WeakMap<Duplex, ServerResponse>();
-  const server = createServer(
+  const server = http.createServer(
     {
       headersTimeout: limits.headersTimeout,
       requestTimeout,
@@ -389,7 +390,7 @@ function startRoute(route: RouteConfig, parts: RouteDeps): RouteParts {
     }
     const body = error.body();
     socket.end(
-      `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status]}\r\nconnection: close\r\ncontent-type: application/json\r\n${ERROR_HEADER}: ${error.code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      `HTTP/1.1 ${error.status} ${http.STATUS_CODES[error.status]}\r\nconnection: close\r\ncontent-type: application/json\r\n${ERROR_HEADER}: ${error.code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
       () => socket.destroy(),
     );
   };

@@ -16,6 +16,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { imageNodeFlags } from '../../test/support/node-flags.js';
 import { freePort } from '../../test/support/process.js';
 import { stopProcess, waitForHttp } from './processes.js';
 
@@ -52,6 +53,8 @@ export interface M2mOptions {
    * proxy's).
    */
   stdoutToFile?: boolean;
+  /** The node binary to run it with (default: the bench's own). */
+  node?: string;
 }
 
 export class M2mProxy {
@@ -147,14 +150,15 @@ export class M2mProxy {
     // JSON is YAML: no serializer needed, and the file stays readable when a run fails.
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
 
-    const nodeArgs: string[] = [];
+    // The image's node flags (Dockerfile ENTRYPOINT): the bench measures what the image runs.
+    const nodeArgs: string[] = [...imageNodeFlags()];
     if (opts.cpuProf) {
       mkdirSync(profDir, { recursive: true });
       nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
     }
     const stdout = opts.stdoutToFile ? openSync(join(dir, 'stdout.log'), 'w') : 'pipe';
     const child = spawn(
-      process.execPath,
+      opts.node ?? process.execPath,
       [...nodeArgs, opts.entry ?? mainJs, '--config', configFile],
       {
         cwd: repoRoot,

@@ -1,11 +1,12 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type Dispatcher, Pool } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { RouteConfig } from '../config/config.js';
 import { ConfigError } from '../config/load.js';
 import { ProxyError } from '../errors.js';
 import type { TransferStats } from '../tracing/types.js';
+import { Pool } from '../undici.js';
 import type { Cancellation } from './cancellation.js';
 import { responseHeaders } from './headers.js';
 
