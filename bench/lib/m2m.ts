@@ -16,7 +16,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { imageNodeFlags } from '../../test/support/node-flags.js';
+import { imageNodeFlags, imageRuntimeEnv } from '../../test/support/node-flags.js';
 import { freePort } from '../../test/support/process.js';
 import { stopProcess, waitForHttp } from './processes.js';
 
@@ -151,7 +151,7 @@ export class M2mProxy {
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
 
     // The image's node flags (Dockerfile ENTRYPOINT): the bench measures what the image runs.
-    const nodeArgs: string[] = [...imageNodeFlags()];
+    const nodeArgs: string[] = [...imageNodeFlags(undefined, opts.node)];
     if (opts.cpuProf) {
       mkdirSync(profDir, { recursive: true });
       nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
@@ -163,7 +163,7 @@ export class M2mProxy {
       {
         cwd: repoRoot,
         stdio: ['ignore', stdout, 'pipe'],
-        env: { ...process.env, NODE_ENV: 'production' },
+        env: { ...imageRuntimeEnv(), ...process.env, NODE_ENV: 'production' },
       },
     );
     if (typeof stdout === 'number') closeSync(stdout); // the child holds its own copy

@@ -19,7 +19,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parse, stringify } from 'yaml';
-import { imageNodeFlags } from './node-flags.js';
+import { imageNodeFlags, imageRuntimeEnv } from './node-flags.js';
 
 /** The repository root (two levels above this file). */
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -81,7 +81,8 @@ export async function tempDir(prefix = 'm2m-proxy-test-'): Promise<TempDir> {
  * configuration file and would make a test depend on the shell it runs in), plus `extra`.
  */
 function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
+  // The image's C library settings (MALLOC_ARENA_MAX): the proxy runs as in the image.
+  const env: NodeJS.ProcessEnv = { ...imageRuntimeEnv() };
   for (const [k, v] of Object.entries(process.env)) {
     if (!k.startsWith('M2M_PROXY_')) env[k] = v;
   }
