@@ -11,8 +11,9 @@
 
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
-# Lockfile first: this layer (the slow one) is reused until a dependency changes.
-COPY package.json package-lock.json ./
+# Lockfile first: this layer (the slow one) is reused until a dependency changes. .npmrc holds
+# legacy-peer-deps, with which the lockfile was made: without it npm ci refuses the lockfile.
+COPY package.json package-lock.json .npmrc ./
 # --ignore-scripts: no production dependency needs an install script, and tsc needs none either.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./

@@ -1,10 +1,11 @@
 /**
  * Run 5, memory: m2m-proxy's RSS (VmRSS) at idle after a warm-up, with 10,000 requests waiting
  * in its queue (pacing at 1/s, one connection per request), and while one 1 GiB POST body
- * streams through it to an upstream that drains it. Each part uses a fresh proxy and reports
- * its growth over its own idle figure.
+ * streams through it to an upstream that drains it, and while 1000 clients each send a 64 KiB
+ * body that the proxy keeps for a replay after a 401 (bounded by `limits.replayBytes`). Each part
+ * uses a fresh proxy and reports its growth over its own idle figure.
  */
-import { request } from 'node:http';
+import { Agent, request } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { openMany } from '../lib/client.js';
@@ -27,6 +28,16 @@ export interface MemoryResult {
     queueAfterDisconnect: number | undefined;
     /** The same number of open requests held by a bare node:http server (the floor). */
     bareNodeAddedMiB: number;
+  };
+  /** Many clients sending a full-size replayable body at once: the peak under limits.replayBytes. */
+  replay: {
+    clients: number;
+    bodyBytes: number;
+    /** Answered 429 while the others waited (the replay budget or the queue was full). */
+    refused: number;
+    idleMiB: number;
+    maxMiB: number;
+    addedMiB: number;
   };
   streaming: {
     bytes: number;
@@ -139,7 +150,13 @@ export async function runMemory(
       `  idle ${round(idle, 1)} MiB; ${queued.queued ?? '?'} queued → ${queued.rssMiB} MiB (+${queued.addedMiB}); queue after disconnect: ${queued.queueAfterDisconnect ?? 'n/a'}`,
     );
 
-    // (b) one large body streamed through.
+    // (b) bodies kept for a replay: 1000 clients (the default queue.max) send 64 KiB at once.
+    const replay = await replayPeak(upstream.url, tokenUrl);
+    ctx.log(
+      `  replay bodies: ${replay.clients} × ${replay.bodyBytes / 1024} KiB at once (${replay.refused} refused with 429), RSS ${replay.idleMiB} → max ${replay.maxMiB} MiB (+${replay.addedMiB})`,
+    );
+
+    // (c) one large body streamed through.
     const bytes = pick(ctx, 1024 ** 3, 256 * 1024 ** 2);
     const directStart = performance.now();
     await postStream(`${upstream.url}/upload`, bytes);
@@ -210,7 +227,7 @@ export async function runMemory(
         await other.stop();
       }
     }
-    return { result: { idleMiB: round(idle, 1), queued, streaming }, checks };
+    return { result: { idleMiB: round(idle, 1), queued, replay, streaming }, checks };
   } finally {
     await upstream.stop();
   }
@@ -246,6 +263,67 @@ async function bareNodeFloor(count: number): Promise<number> {
     return round(Math.max(...samples) - idle, 1);
   } finally {
     await hold.stop();
+  }
+}
+
+/**
+ * Peak RSS while `clients` POSTs, each with a 64 KiB body (the largest the proxy keeps for a
+ * replay), arrive at once at a proxy with the default limits, paced at 1/s so they wait.
+ */
+async function replayPeak(upstreamUrl: string, tokenUrl: string): Promise<MemoryResult['replay']> {
+  const clients = 1000;
+  const bodyBytes = 64 * 1024;
+  const proxy = await M2mProxy.start({
+    upstreamUrl,
+    tokenUrl,
+    rateLimit: {
+      perSecond: 1,
+      burst: 1,
+      window: { max: 0 },
+      queue: { max: clients, timeout: '60s' },
+    },
+  });
+  try {
+    await load({ url: `${proxy.url}/warm`, connections: 1, amount: 2 });
+    const idle = await idleRss(proxy.pid);
+    const sampler = sampleRss(proxy.pid, 100);
+    const agent = new Agent({ keepAlive: false, maxSockets: Number.POSITIVE_INFINITY });
+    const body = Buffer.alloc(bodyBytes, 'r');
+    let refused = 0;
+    const reqs = [];
+    for (let i = 0; i < clients; i++) {
+      const req = request(
+        `${proxy.url}/replay/${i}`,
+        {
+          method: 'POST',
+          agent,
+          headers: { 'content-type': 'application/json', 'content-length': String(bodyBytes) },
+        },
+        (res) => {
+          if (res.statusCode === 429) refused++;
+          res.resume();
+        },
+      );
+      req.on('error', () => {});
+      req.end(body);
+      reqs.push(req);
+      if (i % 200 === 199) await sleep(20);
+    }
+    await sleep(5000);
+    const samples = sampler.stop();
+    for (const r of reqs) r.destroy();
+    agent.destroy();
+    const max = Math.max(...samples);
+    return {
+      clients,
+      bodyBytes,
+      refused,
+      idleMiB: round(idle, 1),
+      maxMiB: round(max, 1),
+      addedMiB: round(max - idle, 1),
+    };
+  } finally {
+    await proxy.stop();
   }
 }
 
