@@ -55,6 +55,8 @@ export interface M2mOptions {
   stdoutToFile?: boolean;
   /** The node binary to run it with (default: the bench's own). */
   node?: string;
+  /** The `limits` section (e.g. `connections` above its default of 1024). */
+  limits?: Record<string, unknown>;
 }
 
 export class M2mProxy {
@@ -125,6 +127,7 @@ export class M2mProxy {
       admin: { host: '127.0.0.1', port: adminPort },
       log: { level: 'warn', ...opts.log },
       ...(opts.tracing ? { tracing: opts.tracing } : {}),
+      ...(opts.limits ? { limits: opts.limits } : {}),
       shutdown: { timeout: '5s' },
     };
     const config = opts.routes

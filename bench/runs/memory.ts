@@ -110,6 +110,8 @@ export async function runMemory(
         window: { max: 0 },
         queue: { max: 100_000, timeout: '600s' },
       },
+      // One connection per queued request: above the default of 1024 open connections.
+      limits: { connections: 20_000 },
     });
     let queued: MemoryResult['queued'];
     let idle: number;
