@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Idp, makeSecretClient, startIdp } from '../support/idp.js';
+import { imageNodeFlags, imageRuntimeEnv } from '../support/node-flags.js';
 import { freePort, repoRoot, scanForSecrets } from '../support/process.js';
 import { startUpstream, type Upstream } from '../support/upstream.js';
 
@@ -262,6 +263,14 @@ describe('the image', () => {
     expect(/^NoNewPrivs:\s+(\d)$/m.exec(status)?.[1]).toBe('1');
     const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
     expect(cmdline).toContain('dist/main.js');
+    // The memory settings the footprint figures were measured with are the ones it runs with.
+    const flags = imageNodeFlags(DOCKERFILE, 'node');
+    expect(flags.length).toBeGreaterThan(0);
+    expect(cmdline).toEqual(expect.arrayContaining(flags));
+    const environ = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+    const env = Object.entries(imageRuntimeEnv(DOCKERFILE)).map(([k, v]) => `${k}=${v}`);
+    expect(env.length).toBeGreaterThan(0);
+    expect(environ).toEqual(expect.arrayContaining(env));
   });
 
   it('answers /readyz 200 once it holds a token', async () => {
