@@ -40,9 +40,10 @@ console.log(
     .join(' ')}`,
 );
 console.log(
-  '| run | measured at | max per sliding second | smallest gap | gaps < 150 ms | achieved | freezes | forfeits | load (1 min) |',
+  '| run | measured at | max per sliding second | smallest gap | gaps < 150 ms | achieved | freezes | forfeits (given back) | Redis asks per request | switches to local | load (1 min) |',
 );
-console.log('|---|---|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+const asks: number[] = [];
 let ok = 0;
 try {
   for (let run = 1; run <= runs; run++) {
@@ -70,8 +71,11 @@ try {
     const failed = r.statuses.filter((s) => s !== 200).length;
     if (r.maxInAnySecond <= perSecond && r.achievedShare >= 0.95 && failed === 0) ok++;
     console.log(
-      `| ${run} | ${r.measuredAt} | ${r.maxInAnySecond} | ${r.minGapMs.toFixed(1)} ms | ${r.gapsBelow150} | ${(r.achievedShare * 100).toFixed(1)} %${failed ? ` (${failed} failed)` : ''} | ${r.freezes} | ${r.forfeits} | ${loadavg()[0]?.toFixed(1)} |`,
+      `| ${run} | ${r.measuredAt} | ${r.maxInAnySecond} | ${r.minGapMs.toFixed(1)} ms | ${r.gapsBelow150} | ${(r.achievedShare * 100).toFixed(1)} %${failed ? ` (${failed} failed)` : ''} | ${r.freezes} | ${r.forfeits} (${r.reclaimed}) | ${r.asksPerRequest.toFixed(2)} | ${r.switchesToLocal} | ${loadavg()[0]?.toFixed(1)} |`,
     );
+    asks.push(r.asksPerRequest);
+    // A run over the limit: which replicas sent the densest second (upstream's record).
+    if (r.maxInAnySecond > perSecond) console.log(`  densest second: ${r.densest}`);
     if (process.env.STALLS_VERBOSE) {
       console.log(r.forfeitLines.map((l) => JSON.stringify(l)).join('\n'));
     }
@@ -81,6 +85,10 @@ try {
   await Promise.all([api.close(), idp.close(), redis.stop()]);
   await dir.remove();
 }
+const meanAsks = asks.reduce((a, b) => a + b, 0) / Math.max(1, asks.length);
+console.log(
+  `Redis: ${meanAsks.toFixed(2)} reservation asks per request on average, ≈ ${(meanAsks * perSecond).toFixed(0)} script runs/s at ${perSecond}/s (plus one heartbeat per replica every 2 s)`,
+);
 console.log(
   `${ok} of ${runs} runs within ≤ ${perSecond} per sliding second and ≥ 95 % of the budget`,
 );

@@ -246,6 +246,8 @@ export class SharedBudgetMetrics {
   readonly fallbackShare: { set(value: number): void };
   /** Reserved starts given up because the replica reached them too late (a stall). */
   readonly forfeits: { inc(): void };
+  /** Forfeited starts given back to the fleet's budget (nothing was granted after them). */
+  readonly reclaims: { inc(): void };
 
   /**
    * The shared-budget metrics of `routes` (those drawing from one key), registered on `registry`
@@ -335,6 +337,21 @@ export class SharedBudgetMetrics {
     this.forfeits = {
       inc: () => {
         for (const child of forfeitChildren) child.inc();
+      },
+    };
+    const reclaimFamily =
+      (existing('m2m_proxy_shared_budget_reclaims_total') as Counter<'route'> | undefined) ??
+      new Counter({
+        name: 'm2m_proxy_shared_budget_reclaims_total',
+        help: 'Forfeited starts given back to the shared budget, as nothing had been granted after them (the slot was not lost).',
+        labelNames: ['route'],
+        registers,
+      });
+    const reclaimChildren = routes.map((route) => reclaimFamily.labels({ route }));
+    for (const child of reclaimChildren) child.inc(0);
+    this.reclaims = {
+      inc: () => {
+        for (const child of reclaimChildren) child.inc();
       },
     };
   }

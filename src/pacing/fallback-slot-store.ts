@@ -26,6 +26,14 @@ export const UNKNOWN_FLEET_SHARE = 0.1;
  */
 export const SWITCH_HOLD_MS = 1000;
 
+/**
+ * 200 ms: the first probe after a switch to local pacing. A replica that only believed Redis down
+ * (its own stall outlasted the command timeout while Redis answered the others) is back on the
+ * shared budget well within `SWITCH_HOLD_MS`, before it ever started a request alone beside the
+ * fleet; the later probes follow `probeIntervalMs`.
+ */
+const FIRST_PROBE_MS = 200;
+
 /** Heartbeats sent 200 ms apart after start-up, before the regular interval. */
 const EARLY_BEATS = 5;
 
@@ -61,8 +69,9 @@ export interface FallbackSlotStoreOptions {
  * local pacing at this replica's share: 1 / the replicas last seen, never above `fallback` when
  * set (`fallback`, or `UNKNOWN_FLEET_SHARE` without it, when none was ever seen), so N replicas
  * that lose Redis together send at most the budget. The switch logs one `shared_budget_down`
- * warning (with the share) and the failed reservation is retried locally at once. While down,
- * Redis is probed every `probeIntervalMs`; the first answer switches back and logs one
+ * warning (with the share) and the failed reservation is retried on the side in use once the
+ * hold after the switch has passed (`SWITCH_HOLD_MS`). While down, Redis is probed after
+ * `FIRST_PROBE_MS`, then every `probeIntervalMs`; the first answer switches back and logs one
  * `shared_budget_up`. Requests never call Redis while down, so an outage costs them nothing.
  * Both switches happen in `#markDown` and `#markUp` only.
  */
@@ -90,6 +99,10 @@ export class FallbackSlotStore implements SlotStore {
   #lastStartAt = Number.NEGATIVE_INFINITY;
   /** Clock ms before which no start is granted, after a switch. */
   #holdUntil = Number.NEGATIVE_INFINITY;
+  /** A start was granted from the local budget since the latest switch to it. */
+  #localSinceDown = false;
+  /** Reservations waiting for the hold to end; a switch wakes them to look again. */
+  readonly #holdWaiters = new Set<() => void>();
   #closed = false;
 
   constructor(options: FallbackSlotStoreOptions) {
@@ -127,19 +140,77 @@ export class FallbackSlotStore implements SlotStore {
     return Math.min(cap, 1 / this.#replicas);
   }
 
-  async reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation> {
-    if (this.#up) {
-      try {
-        const reservation = await this.#shared.reserve(maxDelayMs, this.#notBefore(notBeforeMs));
-        if (reservation.granted) this.#granted(reservation, true);
-        return reservation;
-      } catch (error) {
-        this.#markDown(error);
+  /**
+   * See `SlotStore.reserve`. Right after a switch (either way) nothing is granted until the hold
+   * ends (`SWITCH_HOLD_MS`): the store waits it out, then reserves on the side in use by then. A
+   * grant made at once for the end of the hold would stand even if the replica switched back
+   * meanwhile, and a shared grant that far ahead would hold the whole fleet back.
+   */
+  async reserve(
+    maxDelayMs: number,
+    notBeforeMs: number,
+    signal?: AbortSignal,
+  ): Promise<Reservation> {
+    const asked = this.#clock.now();
+    for (;;) {
+      const now = this.#clock.now();
+      // The time already spent waiting (for the hold, for a shared slot) counts.
+      const maxDelay = maxDelayMs < 0 ? maxDelayMs : Math.max(0, maxDelayMs - (now - asked));
+      const notBefore = notBeforeMs - (now - asked);
+      const holdMs = this.#holdUntil - now;
+      // (A hold beyond the request's queue time goes to the store, which refuses it with the
+      // right Retry-After; so does a probe.)
+      if (holdMs > 0 && maxDelay >= holdMs) {
+        await this.#waitHold(holdMs, signal);
+        continue;
       }
+      if (this.#up) {
+        try {
+          const reservation = await this.#shared.reserve(
+            maxDelay,
+            this.#notBefore(notBefore),
+            signal,
+          );
+          if (reservation.granted) this.#granted(reservation, true);
+          return reservation;
+        } catch (error) {
+          // The request left while the shared store waited for its slot: not a Redis failure.
+          if (signal?.aborted) throw signal.reason;
+          this.#markDown(error);
+          continue;
+        }
+      }
+      const reservation = await this.#localStore().reserve(maxDelay, this.#notBefore(notBefore));
+      if (reservation.granted) this.#granted(reservation, false);
+      return reservation;
     }
-    const reservation = await this.#localStore().reserve(maxDelayMs, this.#notBefore(notBeforeMs));
-    if (reservation.granted) this.#granted(reservation, false);
-    return reservation;
+  }
+
+  /** Sleeps `ms`, or less when a switch changes the hold; rejects when `signal` aborts. */
+  #waitHold(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      let timer: Timer | undefined;
+      const settle = () => {
+        if (timer !== undefined) this.#clock.clearTimeout(timer);
+        this.#holdWaiters.delete(wake);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const wake = () => {
+        settle();
+        resolve();
+      };
+      const onAbort = () => {
+        settle();
+        reject(signal?.reason);
+      };
+      timer = this.#clock.setTimeout(wake, ms);
+      this.#holdWaiters.add(wake);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
   }
 
   #notBefore(notBeforeMs: number): number {
@@ -148,13 +219,26 @@ export class FallbackSlotStore implements SlotStore {
 
   #granted(reservation: Reservation, shared: boolean): void {
     this.#lastShared = shared;
+    if (!shared) this.#localSinceDown = true;
     this.#lastStartAt = this.#clock.now() + reservation.delayMs;
   }
 
   /** At a switch: the first start on the new side keeps `SWITCH_HOLD_MS` from the old side's. */
   #hold(): void {
+    this.#setHold();
+    // Reservations waiting out the previous hold look again: side and hold have changed.
+    for (const wake of [...this.#holdWaiters]) wake();
+  }
+
+  #setHold(): void {
     // Nothing granted yet (Redis down from the start): no start of this replica to keep away from.
     if (this.#lastStartAt === Number.NEGATIVE_INFINITY) return;
+    // Back on the shared budget without a local start since the switch (an outage shorter than
+    // the hold, or one this replica only believed in): nothing of its own to keep away from.
+    if (this.#up && !this.#localSinceDown) {
+      this.#holdUntil = Number.NEGATIVE_INFINITY;
+      return;
+    }
     // Leaving the shared side (now down): its latest start may be another replica's, up to now.
     const last = this.#up ? this.#lastStartAt : Math.max(this.#lastStartAt, this.#clock.now());
     this.#holdUntil = last + SWITCH_HOLD_MS;
@@ -190,6 +274,7 @@ export class FallbackSlotStore implements SlotStore {
   #markDown(error: unknown): void {
     if (this.#closed || !this.#up) return;
     this.#up = false;
+    this.#localSinceDown = false;
     this.#hold();
     this.#metrics.up.set(0);
     const reason = error instanceof Error ? error.message : String(error);
@@ -211,7 +296,7 @@ export class FallbackSlotStore implements SlotStore {
       "shared pacing budget unreachable: pacing locally at this replica's share of the limits",
     );
     this.#audit?.sharedBudgetLost(this.#key, reason);
-    this.#scheduleProbe();
+    this.#scheduleProbe(Math.min(FIRST_PROBE_MS, this.#probeIntervalMs));
   }
 
   // The switch back to the shared budget: the one place it happens.
@@ -228,12 +313,12 @@ export class FallbackSlotStore implements SlotStore {
     void this.#heartbeat();
   }
 
-  #scheduleProbe(): void {
+  #scheduleProbe(delayMs = this.#probeIntervalMs): void {
     if (this.#closed || this.#probeTimer !== undefined) return;
     this.#probeTimer = this.#clock.setTimeout(() => {
       this.#probeTimer = undefined;
       void this.#probe();
-    }, this.#probeIntervalMs);
+    }, delayMs);
     this.#probeTimer.unref?.();
   }
 

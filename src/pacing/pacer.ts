@@ -406,11 +406,17 @@ export class QueuePacer extends BasePacer implements Pacer {
         const pauseMs = Math.max(0, this.pausedUntil - now);
         const maxDelayMs = this.noQueue ? Math.min(0, entry.deadline - now) : entry.deadline - now;
         let reservation: Reservation;
+        // The store may wait before it answers (a fleet's slot not yet due): a head that leaves
+        // meanwhile stops it.
+        const cancel = new AbortController();
+        this.wakeHead = () => cancel.abort();
         try {
-          reservation = await this.store.reserve(maxDelayMs, pauseMs);
+          reservation = await this.store.reserve(maxDelayMs, pauseMs, cancel.signal);
         } catch (error) {
           this.leave(entry, error);
           return;
+        } finally {
+          this.wakeHead = undefined;
         }
         if (reservation.windowRemaining !== undefined) {
           this.metrics.windowRemaining.set(reservation.windowRemaining);

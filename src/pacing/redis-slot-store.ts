@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { inspect } from 'node:util';
 import { Redis, type RedisOptions } from 'ioredis';
+import { type Clock, sleep, systemClock } from '../clock.js';
 import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { ClockOffset } from './clock-offset.js';
@@ -46,6 +47,12 @@ export interface RedisSlotStoreOptions extends SlotLimits {
   commandTimeoutMs?: number | undefined;
   /** TCP + TLS + AUTH connect timeout in ms; see {@link DEFAULT_CONNECT_TIMEOUT_MS}. */
   connectTimeoutMs?: number | undefined;
+  /** Sleeps between asks for a slot that is not due yet; the system clock by default. */
+  clock?: Clock | undefined;
+  /** Uniform in [0, 1): spreads the asks of waiting replicas; `Math.random` by default. */
+  random?: (() => number) | undefined;
+  /** See {@link LOOKAHEAD_MS}; tests and benches may change it. */
+  lookaheadMs?: number | undefined;
 }
 
 /**
@@ -75,6 +82,25 @@ const retryStrategy = (times: number): number => Math.min(times * 100, 1000);
 export const LATE_TOLERANCE_MS = 25;
 
 /**
+ * 50 ms: a slot is granted only to a replica that asks at most this long before the slot's start
+ * (Redis time); asked earlier, Redis records nothing and says when the slot would be, and the
+ * replica asks again shortly before it. A replica that stalls before asking loses nothing (another
+ * replica takes the slot); only a stall inside the last 50 ms before its slot (plus the reply's
+ * trip) costs the fleet that slot. Shorter would make the asks of waiting replicas arrive after the
+ * slot's start on a busy host (timers fire 10–20 ms late there) and leave the slot partly unused.
+ */
+export const LOOKAHEAD_MS = 50;
+
+/**
+ * A replica told "not yet" asks again `LOOKAHEAD_MS` before the slot, plus a random part of it
+ * between these fractions: 20–60 % of 50 ms puts the asks 40 to 20 ms before the start, early
+ * enough for a late timer and the round trip, spread so that the replicas waiting for the same
+ * slot do not arrive together, and so that none is always last (a longer round trip, a slower
+ * node): whichever arrives first in the last 50 ms gets the slot.
+ */
+const ASK_SPREAD = [0.2, 0.6] as const;
+
+/**
  * Every 2 s a replica announces itself on the key; an announcement counts for 6 s (three missed
  * beats), so a replica that stopped leaves the count within 6 s and one slow beat does not.
  */
@@ -96,6 +122,8 @@ export interface DetailedReservation extends Reservation {
   startUs: number;
   /** Redis `TIME` when the script ran, µs since the epoch. */
   redisNowUs: number;
+  /** Runs of the script this reservation took (1 unless the slot was not due at first). */
+  asks: number;
 }
 
 /** Error of a Redis call of the shared budget. Its message never contains the password. */
@@ -138,9 +166,19 @@ export class RedisSlotStore implements SharedSlotStore {
    * later, and a stall in between (a preempted or frozen process) would hide in it.
    */
   #releaseAt = Number.NEGATIVE_INFINITY;
+  /** The latest granted reservation's name in Redis (`start-seq`). */
+  #grantName: string | undefined;
+  /**
+   * A grant this replica forfeited (reached too late) and did not use: the next reservation
+   * gives it back, which Redis accepts while nothing was granted after it.
+   */
+  #forfeited: string | undefined;
   #closing = false;
   /** True once the first connection is ready: until then a call waits for the connect timeout. */
   #connectedOnce = false;
+  readonly #clock: Clock;
+  readonly #random: () => number;
+  readonly #lookaheadMs: number;
 
   constructor(options: RedisSlotStoreOptions) {
     this.#keys = reserveKeys(options.key);
@@ -156,6 +194,9 @@ export class RedisSlotStore implements SharedSlotStore {
     this.#timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.#where = describeUrl(options.url);
+    this.#clock = options.clock ?? systemClock;
+    this.#random = options.random ?? Math.random;
+    this.#lookaheadMs = options.lookaheadMs ?? LOOKAHEAD_MS;
     const redisOptions: RedisOptions = {
       // No `commandTimeout`: ioredis would apply it to the connection's own AUTH, CLIENT SETNAME
       // and ready check too, and a first connection slower than 250 ms on a busy node would fail
@@ -197,29 +238,73 @@ export class RedisSlotStore implements SharedSlotStore {
     });
   }
 
-  /** Reserves a start in the fleet's budget; rejects with `SharedBudgetError` on any Redis failure. */
-  async reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation> {
+  /**
+   * Reserves a start in the fleet's budget; rejects with `SharedBudgetError` on any Redis failure,
+   * or with the signal's reason when it aborts while waiting to ask again.
+   */
+  async reserve(
+    maxDelayMs: number,
+    notBeforeMs: number,
+    signal?: AbortSignal,
+  ): Promise<Reservation> {
     const {
       startUs: _s,
       redisNowUs: _n,
+      asks: _a,
       ...reservation
-    } = await this.reserveDetailed(maxDelayMs, notBeforeMs);
+    } = await this.reserveDetailed(maxDelayMs, notBeforeMs, signal);
     return reservation;
   }
 
-  /** Like `reserve`, with the Redis-time start and `TIME` of the script. */
-  async reserveDetailed(maxDelayMs: number, notBeforeMs: number): Promise<DetailedReservation> {
+  /**
+   * Like `reserve`, with the Redis-time start and `TIME` of the script. A slot further away than
+   * the lookahead is not granted: the store sleeps (on the injected clock, cancelled by `signal`)
+   * until shortly before it and asks again, so the answer comes once a slot is granted or refused.
+   * `maxDelayMs` and `notBeforeMs` count from this call.
+   */
+  async reserveDetailed(
+    maxDelayMs: number,
+    notBeforeMs: number,
+    signal?: AbortSignal,
+  ): Promise<DetailedReservation> {
+    const asked = performance.now();
+    for (let asks = 1; ; asks++) {
+      signal?.throwIfAborted();
+      const elapsed = performance.now() - asked;
+      const answer = await this.#reserveOnce(
+        // A probe (negative) stays a probe; a deadline that has passed allows only "now".
+        maxDelayMs < 0 ? maxDelayMs : Math.max(0, maxDelayMs - elapsed),
+        Math.max(0, notBeforeMs - elapsed),
+      );
+      if (!answer.later) {
+        const { later: _l, ...reservation } = answer;
+        return { ...reservation, asks };
+      }
+      const [low, high] = ASK_SPREAD;
+      const spread = (low + (high - low) * this.#random()) * this.#lookaheadMs;
+      await sleep(this.#clock, Math.max(1, answer.delayMs - this.#lookaheadMs + spread), signal);
+    }
+  }
+
+  /** One run of the script: granted, refused, or "later" (not yet due, nothing recorded). */
+  async #reserveOnce(
+    maxDelayMs: number,
+    notBeforeMs: number,
+  ): Promise<Omit<DetailedReservation, 'asks'> & { later: boolean }> {
     const began = performance.now();
     let reply: ReserveReply;
+    const reclaim = this.#forfeited;
     try {
       await this.#whenReady();
       const raw = await this.#call(
         (this.#client as unknown as ReserveCommander)[COMMAND](
           ...this.#keys,
-          ...reserveArgs(this.#limits, maxDelayMs, notBeforeMs),
+          ...reserveArgs(this.#limits, maxDelayMs, notBeforeMs, this.#lookaheadMs, reclaim),
         ),
       );
       reply = parseReserveReply(raw);
+      // Given back (or no longer the latest grant, then it stays recorded: the safe side).
+      if (this.#forfeited === reclaim) this.#forfeited = undefined;
     } catch (error) {
       this.#metrics.errors.inc();
       throw new SharedBudgetError(`shared budget at ${this.#where}: ${this.#reason(error)}`);
@@ -237,13 +322,14 @@ export class RedisSlotStore implements SharedSlotStore {
     );
     const now = performance.now();
     const delayMs = Math.max(0, Math.ceil(startLocal - now));
-    const reservation: DetailedReservation = {
+    const reservation = {
       granted: reply.granted,
+      later: reply.later,
       // Whole milliseconds, rounded up: a timer never fires before the reserved start.
       delayMs,
       startUs: reply.startUs,
       redisNowUs: reply.nowUs,
-    };
+    } as Omit<DetailedReservation, 'asks'> & { later: boolean };
     if (reply.granted) {
       // The pacer counts lateness from `now + delayMs`; the reserved instant may have been this
       // much earlier (the clock estimate's error, the rounding up to whole milliseconds).
@@ -254,6 +340,11 @@ export class RedisSlotStore implements SharedSlotStore {
       );
       this.#releaseAt = now + delayMs;
       this.#skewMs = Math.max(0, this.#releaseAt - earliest);
+      this.#grantName = reply.name;
+    }
+    if (reply.reclaimed) {
+      this.#metrics.reclaims.inc();
+      this.#logger?.debug({ event: 'shared_slot_reclaimed', slot: reclaim });
     }
     if (reply.windowRemaining !== undefined) reservation.windowRemaining = reply.windowRemaining;
     return reservation;
@@ -267,6 +358,9 @@ export class RedisSlotStore implements SharedSlotStore {
     const late = Math.max(lateMs, performance.now() - this.#releaseAt);
     if (late + this.#skewMs <= LATE_TOLERANCE_MS) return true;
     this.#metrics.forfeits.inc();
+    // Not used: the caller does not send and reserves again, which gives the slot back.
+    this.#forfeited = this.#grantName;
+    this.#grantName = undefined;
     this.#logger?.debug({
       event: 'shared_slot_forfeited',
       lateMs: Math.round(late * 10) / 10,

@@ -78,6 +78,7 @@ export function createSharedStore(
     logger: deps.logger,
     commandTimeoutMs: deps.commandTimeoutMs,
     connectTimeoutMs: deps.connectTimeoutMs,
+    clock: deps.clock,
   });
   return new FallbackSlotStore({
     shared: redis,

@@ -74,9 +74,11 @@ export interface SlotStore {
    * Atomically reserves the earliest start, no earlier than `notBeforeMs` from now, that keeps
    * at most `burst + T × perSecond` starts in any interval T and at most `window.max` in any
    * `window.length` — but only if it is at most `maxDelayMs` from now; otherwise reserves
-   * nothing and says when a start would be allowed.
+   * nothing and says when a start would be allowed. A store may take a while to answer (the
+   * fleet's store waits until a slot is nearly due before it is granted); it then stops and
+   * rejects with the signal's reason when `signal` aborts (the request left).
    */
-  reserve(maxDelayMs: number, notBeforeMs: number): Promise<Reservation>;
+  reserve(maxDelayMs: number, notBeforeMs: number, signal?: AbortSignal): Promise<Reservation>;
   /**
    * Optional: starts still allowed in the sliding window as of now (reserved future starts count
    * as used); `undefined` when there is no window. Only a store that can answer synchronously,

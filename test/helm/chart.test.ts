@@ -486,6 +486,24 @@ describe.skipIf(!plan.available)(title, () => {
       secretName: 'redis',
       items: [{ key: 'redis-password', path: 'password' }],
     });
+    // Without fallback (the chart's default) the proxy's own default applies: no key is written,
+    // and each replica takes its share of the fleet (1 / replicas last seen).
+    const byShare = renderOk({
+      valuesFiles: [join(CI_DIR, 'shared-redis-values.yaml')],
+      set: ['rateLimit.shared.fallback=null'],
+    });
+    const shareConfig = configOf(byShare) as { rateLimit: { shared: Record<string, unknown> } };
+    expect(shareConfig.rateLimit.shared).not.toHaveProperty('fallback');
+    expect(shareConfig.rateLimit.shared.key).toBe('m2m-proxy:api.example.com');
+    const down = (
+      find(byShare, 'PrometheusRule') as unknown as {
+        spec: { groups: { rules: { alert?: string; annotations?: { description?: string } }[] }[] };
+      }
+    ).spec.groups
+      .flatMap((g) => g.rules)
+      .find((r) => r.alert === 'M2MProxySharedBudgetDown');
+    expect(down?.annotations?.description).toContain('1 / the replicas it last saw');
+    expect(down?.annotations?.description).not.toContain('fallback ×');
     // The key defaults to one per upstream host.
     const defaulted = renderOk({
       valuesFiles: [join(CI_DIR, 'shared-redis-values.yaml')],

@@ -6,6 +6,7 @@ import { Registry } from 'prom-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type Clock, systemClock } from '../../src/clock.js';
 import type { FallbackSlotStore } from '../../src/pacing/fallback-slot-store.js';
+import { SWITCH_HOLD_MS } from '../../src/pacing/fallback-slot-store.js';
 import { LocalSlotStore } from '../../src/pacing/local-slot-store.js';
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import { createSharedStore, type RateLimitConfig } from '../../src/pacing/shared-store.js';
@@ -271,6 +272,32 @@ describe('shared budget falls back to local pacing while Redis is down', () => {
     }
   });
 
+  it('a replica whose Redis answers again within the hold (a stall it only believed an outage) goes back to the fleet without one start alone', async () => {
+    const key = `fallback:brief:${randomUUID()}`;
+    const { store, sink, locals } = build(redis.url, key, 10, 0.25);
+    await until(() => store.usingShared, 1000);
+    expect((await store.reserve(10_000, 0)).granted).toBe(true);
+    const admin = new Redis(redis.url);
+    try {
+      // 400 ms without answers: the reservation times out (250 ms) and the replica switches; the
+      // first probe, 200 ms later, finds Redis answering again.
+      await admin.call('CLIENT', 'PAUSE', '400', 'ALL');
+      const began = performance.now();
+      const r = await store.reserve(10_000, 0);
+      const took = performance.now() - began;
+      expect(r.granted).toBe(true);
+      expect(sink.events()).toContain('shared_budget_down');
+      expect(sink.events()).toContain('shared_budget_up');
+      // Granted by the fleet's budget once the probe answered, before the 1 s hold was over ...
+      expect(store.usingShared).toBe(true);
+      expect(took).toBeLessThan(250 + SWITCH_HOLD_MS);
+      // ... and nothing was ever granted alone.
+      expect(locals.flatMap((l) => l.starts)).toEqual([]);
+    } finally {
+      admin.disconnect();
+    }
+  });
+
   it('falls back within the command timeout when Redis stops answering without closing', async () => {
     const key = `fallback:${randomUUID()}`;
     const { store, registry, locals } = build(redis.url, key, 10, 0.25);
@@ -278,15 +305,16 @@ describe('shared budget falls back to local pacing while Redis is down', () => {
     expect((await store.reserve(10_000, 0)).granted).toBe(true);
     const admin = new Redis(redis.url);
     try {
-      // Redis holds every client's commands for 2 s: a hung server, as a black hole would be.
-      await admin.call('CLIENT', 'PAUSE', '2000', 'ALL');
+      // Redis holds every client's commands for 3 s: a hung server, as a black hole would be.
+      await admin.call('CLIENT', 'PAUSE', '3000', 'ALL');
       const began = performance.now();
       const r = await store.reserve(10_000, 0);
-      const took = performance.now() - began;
+      const startsAfter = performance.now() - began + r.delayMs;
       expect(r.granted).toBe(true);
-      expect(took).toBeGreaterThanOrEqual(240);
-      // The 250 ms command timeout, not the end of the pause, released it.
-      expect(took).toBeLessThan(1200);
+      // The 250 ms command timeout, not the end of the pause, released it: it starts locally
+      // once the 1 s hold after the switch has passed (the grant is made then, not before).
+      expect(startsAfter).toBeGreaterThanOrEqual(240 + SWITCH_HOLD_MS);
+      expect(startsAfter).toBeLessThan(2500);
       expect(locals[0]?.starts).toHaveLength(1);
       expect(store.usingShared).toBe(false);
       expect(await metric(registry, 'm2m_proxy_shared_budget_errors_total')).toBeGreaterThan(0);

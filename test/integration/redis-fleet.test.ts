@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
+import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import type { SlotLimits } from '../../src/pacing/types.js';
 import { type RedisServer, startRedis } from '../support/redis.js';
 import { maxInSliding, median } from '../support/starts.js';
@@ -122,6 +124,45 @@ describe('one budget for a fleet (real Redis, real time)', () => {
         (x) => x >= first + k * 1_000_000 && x < first + (k + 1) * 1_000_000,
       );
       expect(inWindow).toHaveLength(20);
+    }
+  });
+
+  it('answers only once a slot is due: a replica that asks early waits, asks again shortly before its slot, and gets it', async () => {
+    const key = `fleet:${randomUUID()}`;
+    const limits = { perSecond: 2, burst: 1, windowMax: 0, windowMs: 1000 };
+    const [a, b] = [replica(key, limits), replica(key, limits)];
+    const first = await a.reserveDetailed(10_000, 0);
+    expect(first).toMatchObject({ granted: true, asks: 1, delayMs: 0 });
+    // b's slot is 500 ms away: nothing is granted until it is within the lookahead (50 ms).
+    const asked = performance.now();
+    const second = await b.reserveDetailed(10_000, 0);
+    const answeredAfter = performance.now() - asked;
+    expect(second.granted).toBe(true);
+    expect(second.startUs).toBe(first.startUs + 500_000);
+    expect(second.asks).toBeGreaterThanOrEqual(2);
+    // One early ask and, unless a timer fired more than 20–40 ms late, one shortly before the slot.
+    expect(second.asks).toBeLessThanOrEqual(4);
+    expect(second.startUs - second.redisNowUs).toBeLessThanOrEqual(50_000);
+    expect(answeredAfter).toBeGreaterThan(400);
+  });
+
+  it('stops asking when the request leaves while it waits for its slot, and records nothing', async () => {
+    const key = `fleet:${randomUUID()}`;
+    const limits = { perSecond: 1, burst: 1, windowMax: 10, windowMs: 10_000 };
+    const [a, b] = [replica(key, limits), replica(key, limits)];
+    await a.reserve(10_000, 0);
+    const leave = new AbortController();
+    const waiting = b.reserve(10_000, 0, leave.signal);
+    setTimeout(() => leave.abort(new Error('client gone')), 100);
+    await expect(waiting).rejects.toThrow('client gone');
+    // The slot b waited for is still free: a takes it, and only two starts are recorded.
+    const next = await a.reserveDetailed(10_000, 0);
+    expect(next.granted).toBe(true);
+    const admin = new Redis(redis.url);
+    try {
+      expect(await admin.zcard(reserveKeys(key)[1])).toBe(2);
+    } finally {
+      admin.disconnect();
     }
   });
 

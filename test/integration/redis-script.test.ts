@@ -39,12 +39,13 @@ async function reserve(
   limits: SlotLimits,
   maxDelayMs = 60_000,
   notBeforeMs = 0,
+  lookaheadMs?: number,
 ): Promise<ReserveReply> {
   const raw = await client.eval(
     RESERVE_LUA,
     2,
     ...reserveKeys(key),
-    ...reserveArgs(limits, maxDelayMs, notBeforeMs),
+    ...reserveArgs(limits, maxDelayMs, notBeforeMs, lookaheadMs),
   );
   const reply = parseReserveReply(raw);
   // The delay is always measured from the TIME the script read.
@@ -210,6 +211,110 @@ describe('reservation script (real Redis)', () => {
       expect(r.delayUs).toBe(0);
     }
     expect(await client.exists(...reserveKeys(key))).toBe(0);
+  });
+
+  it('with a lookahead, grants only a start that is due within it; a later one is answered "later" and records nothing', async () => {
+    const key = newKey();
+    const limits = { perSecond: 5, burst: 1, windowMax: 10, windowMs: 10_000 };
+    // Idle budget: due now, granted on the first ask.
+    const first = await reserve(key, limits, 60_000, 0, 50);
+    expect(first).toMatchObject({ granted: true, later: false, delayUs: 0, windowRemaining: 9 });
+    const before = await snapshot(key);
+
+    // The next slot is 200 ms away, beyond 50 ms: not granted, not refused, nothing written.
+    const early = await reserve(key, limits, 60_000, 0, 50);
+    expect(early).toMatchObject({ granted: false, later: true, windowRemaining: 9 });
+    expect(early.startUs).toBe(first.startUs + 200_000);
+    expect(await snapshot(key)).toEqual(before);
+    // Asked again and again, the answer names the same start: nobody took it.
+    const again = await reserve(key, limits, 60_000, 0, 50);
+    expect(again.later).toBe(true);
+    expect(again.startUs).toBe(early.startUs);
+
+    // Asked within the last 50 ms before it, the same slot is granted and recorded.
+    await new Promise((r) => setTimeout(r, (early.startUs - again.nowUs) / 1000 - 40));
+    const due = await reserve(key, limits, 60_000, 0, 50);
+    expect(due.granted).toBe(true);
+    expect(due.later).toBe(false);
+    // The slot itself (or now, had this timer fired after it on a busy host).
+    expect(due.startUs).toBe(Math.max(early.startUs, due.nowUs));
+    expect(due.delayUs).toBeLessThanOrEqual(50_000);
+    expect(due.windowRemaining).toBe(8);
+    expect((await snapshot(key)).starts).toHaveLength(4); // two members, two scores
+  });
+
+  it('with a lookahead, still refuses at once a start beyond maxDelay, and a probe stays a probe', async () => {
+    const key = newKey();
+    const limits = { perSecond: 1, burst: 1, windowMax: 0, windowMs: 1000 };
+    await reserve(key, limits, 60_000, 0, 50);
+    const before = await snapshot(key);
+    const refused = await reserve(key, limits, 500, 0, 50);
+    expect(refused).toMatchObject({ granted: false, later: false });
+    expect(refused.delayUs).toBeGreaterThan(500_000);
+    const probe = await reserve(key, limits, -1, 0, 50);
+    expect(probe).toMatchObject({ granted: false, later: false });
+    expect(await snapshot(key)).toEqual(before);
+  });
+
+  it('with a lookahead, grants ahead a start decided by notBefore (a pause holds the fleet back), not one decided by the budget', async () => {
+    const key = newKey();
+    const limits = { perSecond: 2, burst: 1, windowMax: 0, windowMs: 1000 };
+    // The pause decides: recorded 800 ms ahead, and the next start comes after it.
+    const paused = await reserve(key, limits, 60_000, 800, 50);
+    expect(paused).toMatchObject({ granted: true, later: false, delayUs: 800_000 });
+    const behind = await reserve(key, limits, 60_000, 0, 50);
+    expect(behind.later).toBe(true);
+    expect(behind.startUs).toBe(paused.startUs + 500_000);
+    // A pause shorter than the budget's own wait does not decide: "later", nothing recorded.
+    const before = await snapshot(key);
+    const short = await reserve(key, limits, 60_000, 100, 50);
+    expect(short.later).toBe(true);
+    expect(short.startUs).toBe(behind.startUs);
+    expect(await snapshot(key)).toEqual(before);
+  });
+
+  it('puts a forfeited grant back while it is still the latest, and never once another was granted after it', async () => {
+    const key = newKey();
+    const limits = { perSecond: 5, burst: 1, windowMax: 10, windowMs: 10_000 };
+    const call = (reclaim?: string) =>
+      client
+        .eval(RESERVE_LUA, 2, ...reserveKeys(key), ...reserveArgs(limits, 60_000, 0, 50, reclaim))
+        .then(parseReserveReply);
+    const first = await call();
+    const before = await snapshot(key);
+    const forfeited = await call();
+    expect(forfeited.later).toBe(true);
+    // Granted ahead (no lookahead), then given back unused: the record is as before it.
+    const raw = await client.eval(
+      RESERVE_LUA,
+      2,
+      ...reserveKeys(key),
+      ...reserveArgs(limits, 60_000, 0),
+    );
+    const taken = parseReserveReply(raw);
+    expect(taken.granted).toBe(true);
+    expect(taken.name).toBe(`${first.startUs + 200_000}-2`);
+    const back = await call(taken.name);
+    expect(back.reclaimed).toBe(true);
+    expect(back.later).toBe(true);
+    // The same slot is free again, and nothing of the forfeited grant is left in the window.
+    expect(back.startUs).toBe(taken.startUs);
+    const after = await snapshot(key);
+    expect(after.starts).toEqual(before.starts);
+    expect(after.state.tat).toBe(before.state.tat);
+
+    // Once another grant follows it, a forfeited grant stays recorded (the safe side).
+    const a = parseReserveReply(
+      await client.eval(RESERVE_LUA, 2, ...reserveKeys(key), ...reserveArgs(limits, 60_000, 0)),
+    );
+    const b = parseReserveReply(
+      await client.eval(RESERVE_LUA, 2, ...reserveKeys(key), ...reserveArgs(limits, 60_000, 0)),
+    );
+    expect(b.startUs).toBe(a.startUs + 200_000);
+    const late = await call(a.name);
+    expect(late.reclaimed).toBe(false);
+    expect(late.startUs).toBe(b.startUs + 200_000);
+    expect(await client.zcard(reserveKeys(key)[1])).toBe(3);
   });
 
   it('keeps the sorted set bounded by window.max', async () => {

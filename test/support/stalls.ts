@@ -159,10 +159,42 @@ export interface StalledFleetResult {
   freezes: number;
   /** Slots given up by the replicas (sum of `m2m_proxy_shared_budget_forfeits_total`). */
   forfeits: number;
+  /** Forfeited slots given back to the fleet (`shared_slot_reclaimed` lines). */
+  reclaimed: number;
   /** The replicas' `shared_slot_forfeited` log lines (lateness, clock doubt). */
   forfeitLines: Record<string, unknown>[];
   /** Every replica's output, for the secret scan. */
   proxies: ProxyProcess[];
+  /** Runs of the reservation script during the load (every ask, granted or not) ÷ requests. */
+  asksPerRequest: number;
+  /**
+   * `shared_budget_down` lines during the load: a replica that paced alone while the others used
+   * Redis (its starts are not in the fleet's record).
+   */
+  switchesToLocal: number;
+  /**
+   * The densest sliding second by the upstream's record: each arrival as `+ms@replica`, from the
+   * first of that second (to explain a run over the limit).
+   */
+  densest: string;
+}
+
+/** Every run of the reservation script is one observation of its round trip. */
+const RESERVE_CALLS = 'm2m_proxy_shared_budget_reserve_duration_seconds_count';
+
+/** The sliding second holding the most records, as `+ms@replica` from its first. */
+function densestSecond(records: readonly { at: number; replica: string }[]): string {
+  let best = { from: 0, to: 0 };
+  let lo = 0;
+  for (let hi = 0; hi < records.length; hi++) {
+    while ((records[hi]?.at ?? 0) - (records[lo]?.at ?? 0) >= 1000) lo++;
+    if (hi - lo > best.to - best.from) best = { from: lo, to: hi };
+  }
+  const first = records[best.from]?.at ?? 0;
+  return records
+    .slice(best.from, best.to + 1)
+    .map((r) => `+${(r.at - first).toFixed(1)}@${r.replica}`)
+    .join(' ');
 }
 
 async function metricSum(proxy: ProxyProcess, name: string): Promise<number> {
@@ -200,7 +232,8 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
         // Several node processes starting at once on a busy 2-core host.
         readyTimeoutMs: 30_000,
         config: await o.makeConfig({
-          log: { level: 'info' },
+          // Debug: the forfeited and reclaimed slots are logged at debug level.
+          log: { level: 'debug' },
           rateLimit: {
             perSecond: o.perSecond,
             burst: 1,
@@ -235,6 +268,9 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
     const urls = fleet.flatMap((proxy, r) =>
       Array.from({ length: o.perReplica }, (_, i) => `${proxy.url}/${tag}/${r}/${i}`),
     );
+    const asksBefore = await Promise.all(fleet.map((p) => metricSum(p, RESERVE_CALLS)));
+    // Log lines from here on belong to the measured load (a replica may have switched at start-up).
+    const logsBefore = fleet.map((p) => p.logs.length);
     const wire = await WireCapture.start(o.api.port);
     const recordedFrom = o.api.requests.length;
     const load = burst(urls, 60_000);
@@ -265,11 +301,12 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
       done = true;
       await freezer;
     }
-    const handler = o.api.requests
+    const records = o.api.requests
       .slice(recordedFrom)
       .filter((r) => r.path.includes(`/${tag}/`))
-      .map((r) => r.at)
-      .sort((a, b) => a - b);
+      .map((r) => ({ at: r.at, replica: r.path.split('/').at(-2) ?? '?' }))
+      .sort((a, b) => a.at - b.at);
+    const handler = records.map((r) => r.at);
     const packets = await wire?.stop();
     // One packet per request the upstream saw: the wire's record; otherwise the handler's.
     const onWire = packets !== undefined && packets.length === handler.length;
@@ -281,6 +318,8 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
     const times = onWire ? packets : handler;
     const g = gaps(times);
     const span = (times.at(-1) ?? 0) - (times[0] ?? 0);
+    const asksAfter = await Promise.all(fleet.map((p) => metricSum(p, RESERVE_CALLS)));
+    const asks = asksAfter.reduce((sum, n, i) => sum + n - (asksBefore[i] ?? 0), 0);
     const forfeits = (
       await Promise.all(fleet.map((p) => metricSum(p, 'm2m_proxy_shared_budget_forfeits_total')))
     ).reduce((a, b) => a + b, 0);
@@ -295,8 +334,19 @@ export async function runStalledFleet(o: StalledFleetOptions): Promise<StalledFl
       achievedShare: span > 0 ? (times.length - 1) / (span / 1000) / o.perSecond : 0,
       freezes,
       forfeits,
+      reclaimed: fleet.reduce(
+        (sum, p) => sum + p.logs.filter((l) => l.event === 'shared_slot_reclaimed').length,
+        0,
+      ),
       forfeitLines: fleet.flatMap((p) => p.logs.filter((l) => l.event === 'shared_slot_forfeited')),
       proxies: fleet,
+      asksPerRequest: asks / Math.max(1, handler.length),
+      switchesToLocal: fleet.reduce(
+        (sum, p, i) =>
+          sum + p.logs.slice(logsBefore[i]).filter((l) => l.event === 'shared_budget_down').length,
+        0,
+      ),
+      densest: densestSecond(records),
     };
   } finally {
     for (const proxy of fleet) {

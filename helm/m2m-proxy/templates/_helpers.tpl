@@ -384,7 +384,7 @@ values.schema.json refuses wrong types and shapes; this catches what spans sever
 {{- /* One Redis key is one budget: the proxy refuses routes that describe it differently. */ -}}
 {{- $key := include "m2m-proxy.sharedKeyOf" $route -}}
 {{- $r := $route.rateLimit -}}
-{{- $budget := toJson (list (float64 $r.perSecond) (int $r.burst) (int $r.window.max) (include "m2m-proxy.durationMs" $r.window.length | float64) $shared.redis (float64 $shared.fallback)) -}}
+{{- $budget := toJson (list (float64 $r.perSecond) (int $r.burst) (int $r.window.max) (include "m2m-proxy.durationMs" $r.window.length | float64) $shared.redis (toJson $shared.fallback)) -}}
 {{- with index $budgets $key -}}
 {{- if ne .budget $budget -}}
 {{- $errors = append $errors (printf "%srateLimit: shares rateLimit.shared.key %q with %s and must then have the same perSecond, burst, window and shared settings" $route.path $key (trimSuffix "." .path)) -}}
@@ -450,7 +450,9 @@ A resolved route's upstream, token and rateLimit blocks as the proxy reads them,
 {{- $r := $route.rateLimit -}}
 {{- $rateLimit := dict "perSecond" $r.perSecond "burst" $r.burst "window" (dict "max" $r.window.max "length" $r.window.length) "queue" (dict "max" $r.queue.max "timeout" $r.queue.timeout) -}}
 {{- if $r.shared.enabled -}}
-{{- $shared := dict "redis" $r.shared.redis "key" (include "m2m-proxy.sharedKeyOf" $route) "fallback" $r.shared.fallback -}}
+{{- $shared := dict "redis" $r.shared.redis "key" (include "m2m-proxy.sharedKeyOf" $route) -}}
+{{- /* Unset: the proxy's default, each replica's share of the fleet (1 / replicas last seen). */ -}}
+{{- if not (kindIs "invalid" $r.shared.fallback) -}}{{- $_ := set $shared "fallback" $r.shared.fallback -}}{{- end -}}
 {{- if $v.rateLimit.shared.password.existingSecret -}}
 {{- $_ := set $shared "passwordFile" (printf "%s/password" (trimSuffix "/" $v.rateLimit.shared.password.mountPath)) -}}
 {{- end -}}
