@@ -15,6 +15,7 @@
  *   BENCH_NGINX=path  nginx binary (default /usr/sbin/nginx; skipped when absent)
  *   BENCH_M2M=path    the proxy's entry point (default dist/main.js)
  *   BENCH_M2M_BASE=path a build before tracing existed, compared in the telemetry run
+ *   BENCH_NODES=a,b   other node binaries to measure the idle RSS on too (run "memory")
  *   BENCH_TCPDUMP=path tcpdump binary for arrival times on the wire (default /usr/bin/tcpdump)
  */
 import { spawnSync } from 'node:child_process';

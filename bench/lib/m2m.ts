@@ -16,6 +16,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { imageNodeFlags, imageRuntimeEnv } from '../../test/support/node-flags.js';
 import { freePort } from '../../test/support/process.js';
 import { stopProcess, waitForHttp } from './processes.js';
 
@@ -52,6 +53,10 @@ export interface M2mOptions {
    * proxy's).
    */
   stdoutToFile?: boolean;
+  /** The node binary to run it with (default: the bench's own). */
+  node?: string;
+  /** The `limits` section (e.g. `connections` above its default of 1024). */
+  limits?: Record<string, unknown>;
 }
 
 export class M2mProxy {
@@ -122,6 +127,7 @@ export class M2mProxy {
       admin: { host: '127.0.0.1', port: adminPort },
       log: { level: 'warn', ...opts.log },
       ...(opts.tracing ? { tracing: opts.tracing } : {}),
+      ...(opts.limits ? { limits: opts.limits } : {}),
       shutdown: { timeout: '5s' },
     };
     const config = opts.routes
@@ -147,19 +153,20 @@ export class M2mProxy {
     // JSON is YAML: no serializer needed, and the file stays readable when a run fails.
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
 
-    const nodeArgs: string[] = [];
+    // The image's node flags (Dockerfile ENTRYPOINT): the bench measures what the image runs.
+    const nodeArgs: string[] = [...imageNodeFlags(undefined, opts.node)];
     if (opts.cpuProf) {
       mkdirSync(profDir, { recursive: true });
       nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profDir);
     }
     const stdout = opts.stdoutToFile ? openSync(join(dir, 'stdout.log'), 'w') : 'pipe';
     const child = spawn(
-      process.execPath,
+      opts.node ?? process.execPath,
       [...nodeArgs, opts.entry ?? mainJs, '--config', configFile],
       {
         cwd: repoRoot,
         stdio: ['ignore', stdout, 'pipe'],
-        env: { ...process.env, NODE_ENV: 'production' },
+        env: { ...imageRuntimeEnv(), ...process.env, NODE_ENV: 'production' },
       },
     );
     if (typeof stdout === 'number') closeSync(stdout); // the child holds its own copy

@@ -1,5 +1,6 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
+import { http } from '../node-http.js';
 
 /**
  * Why the proxy cannot serve: a reason for the whole process (`shutting_down`), or one with the
@@ -18,7 +19,7 @@ export type ReadinessProbe = () => ReadinessReason | undefined;
  * It serves nothing else and never anything secret.
  */
 export function createAdminServer(registry: Registry, notReadyReason: ReadinessProbe): Server {
-  return createServer((req: IncomingMessage, res: ServerResponse) => {
+  return http.createServer((req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       json(res, 405, { error: 'method_not_allowed' });

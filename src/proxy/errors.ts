@@ -1,5 +1,5 @@
-import { STATUS_CODES } from 'node:http';
 import { M2mError } from '../errors.js';
+import { http } from '../node-http.js';
 import { RateLimitedError, ShuttingDownError } from '../pacing/errors.js';
 import { TokenUnavailableError } from '../token/errors.js';
 
@@ -80,7 +80,10 @@ export class ProxyError extends M2mError {
    */
   raw(): string {
     const body = this.body();
-    const lines = [`HTTP/1.1 ${this.status} ${STATUS_CODES[this.status]}`, 'connection: close'];
+    const lines = [
+      `HTTP/1.1 ${this.status} ${http.STATUS_CODES[this.status]}`,
+      'connection: close',
+    ];
     for (const [name, value] of Object.entries(this.headers(body))) lines.push(`${name}: ${value}`);
     return `${lines.join('\r\n')}\r\n\r\n${body}`;
   }

@@ -1,9 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type Dispatcher, Pool } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { Clock, Timer } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
 import { M2mError } from '../errors.js';
 import type { TransferStats } from '../tracing/types.js';
+import { Pool } from '../undici.js';
 import { readCaFile } from './ca-file.js';
 import type { Cancellation } from './cancellation.js';
 import { ProxyError } from './errors.js';

@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
-import { createServer, type Server, type ServerResponse } from 'node:http';
+import type { Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Config, RouteConfig } from '../config/config.js';
 import type { Logger } from '../log/logger.js';
 import type { RouteMetrics } from '../metrics/metrics.js';
+import { http } from '../node-http.js';
 import { ProxyError } from './errors.js';
 import type { ProxyHandler } from './handler.js';
 
@@ -34,7 +35,7 @@ export function createProxyServer(deps: ProxyServerDeps): Server {
     route.upstream.timeout;
   /** The response each connection is answering, if any (a parse error must not contradict it). */
   const answering = new WeakMap<Duplex, ServerResponse>();
-  const server = createServer(
+  const server = http.createServer(
     {
       headersTimeout: limits.headersTimeout,
       requestTimeout,

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { type Dispatcher, request } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
 import { type ClientCredentials, splitBasic } from '../credentials/credentials.js';
 import { Secret } from '../credentials/secret.js';
 import { M2mError } from '../errors.js';
+import { request } from '../undici.js';
 
 /** A token as the identity provider issued it. */
 export interface IssuedToken {

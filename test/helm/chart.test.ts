@@ -364,6 +364,35 @@ describe.skipIf(!plan.available)(title, () => {
     );
   });
 
+  it('sets MALLOC_ARENA_MAX from sidecar.mallocArenaMax beside extraEnv, and leaves it out when null', () => {
+    const file = join(CI_DIR, 'native-sidecar-values.yaml');
+    const envOf = (objects: K8sObject[]) =>
+      (sidecarOf(find(objects, 'Deployment') as K8sObject)?.env ?? []) as Array<{
+        name: string;
+        value?: string;
+      }>;
+    expect(envOf(ci('native-sidecar-values.yaml'))).toContainEqual({
+      name: 'MALLOC_ARENA_MAX',
+      value: '2',
+    });
+    const both = envOf(
+      renderOk({
+        valuesFiles: [file],
+        set: [
+          'sidecar.mallocArenaMax=4',
+          'sidecar.extraEnv[0].name=M2M_PROXY_LOG_LEVEL',
+          'sidecar.extraEnv[0].value=debug',
+        ],
+      }),
+    );
+    expect(both).toEqual([
+      { name: 'MALLOC_ARENA_MAX', value: '4' },
+      { name: 'M2M_PROXY_LOG_LEVEL', value: 'debug' },
+    ]);
+    const none = envOf(renderOk({ valuesFiles: [file], set: ['sidecar.mallocArenaMax=null'] }));
+    expect(none.map((e) => e.name)).not.toContain('MALLOC_ARENA_MAX');
+  });
+
   it('refuses a native sidecar on Kubernetes before 1.29', () => {
     const r = render({
       valuesFiles: [join(CI_DIR, 'native-sidecar-values.yaml')],

@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parse, stringify } from 'yaml';
+import { imageNodeFlags, imageRuntimeEnv } from './node-flags.js';
 
 /** The repository root (two levels above this file). */
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -80,7 +81,8 @@ export async function tempDir(prefix = 'm2m-proxy-test-'): Promise<TempDir> {
  * configuration file and would make a test depend on the shell it runs in), plus `extra`.
  */
 function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
+  // The image's C library settings (MALLOC_ARENA_MAX): the proxy runs as in the image.
+  const env: NodeJS.ProcessEnv = { ...imageRuntimeEnv() };
   for (const [k, v] of Object.entries(process.env)) {
     if (!k.startsWith('M2M_PROXY_')) env[k] = v;
   }
@@ -196,12 +198,18 @@ export async function startProxy(options: StartProxyOptions): Promise<ProxyProce
 
   const dir = await tempDir('m2m-proxy-run-');
   const configFile = await dir.write('m2m-proxy.yaml', yamlText);
-  const child = spawn(process.execPath, [options.entry ?? proxyEntry, '--config', configFile], {
-    cwd: options.cwd ?? repoRoot,
-    env: childEnv(options.env),
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: options.detached ?? false,
-  });
+  // With the image's node flags: the tests check the proxy as the image runs it.
+  const nodeFlags = imageNodeFlags();
+  const child = spawn(
+    process.execPath,
+    [...nodeFlags, options.entry ?? proxyEntry, '--config', configFile],
+    {
+      cwd: options.cwd ?? repoRoot,
+      env: childEnv(options.env),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: options.detached ?? false,
+    },
+  );
   if (child.pid === undefined) {
     await dir.remove();
     throw new Error(`startProxy: could not spawn ${process.execPath}`);

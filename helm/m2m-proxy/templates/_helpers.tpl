@@ -566,9 +566,16 @@ failureThreshold: {{ int $p.failureThreshold }}
   restartPolicy: Always
   {{- end }}
   args: ["--config", "/etc/m2m-proxy/m2m-proxy.yaml"]
-  {{- with $v.sidecar.extraEnv }}
+  {{- if or $v.sidecar.extraEnv $v.sidecar.mallocArenaMax }}
   env:
+    {{- with $v.sidecar.mallocArenaMax }}
+    # Fewer glibc malloc arenas: less resident memory (the image sets the same by default).
+    - name: MALLOC_ARENA_MAX
+      value: {{ . | int | toString | quote }}
+    {{- end }}
+    {{- with $v.sidecar.extraEnv }}
     {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- end }}
   ports:
     - name: m2m-metrics
