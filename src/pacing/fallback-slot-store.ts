@@ -1,3 +1,9 @@
+/*
+ * Longer than the project's ~300 lines on purpose: the switch between the shared and the local
+ * budget is one state machine (up/down, the hold after a switch, the probes, the heartbeats that
+ * give this replica's share, the forfeited grant to give back) whose transitions all happen in
+ * `#markDown` and `#markUp`; splitting it would spread that state over files.
+ */
 import type { Clock, Timer } from '../clock.js';
 import type { Audit } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
