@@ -9,12 +9,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import { loadavg } from 'node:os';
+import { makeSecretClient, startIdp } from '../fixtures/idp.js';
+import { tempDir } from '../fixtures/process.js';
+import { startRedis } from '../fixtures/redis.js';
+import { runStalledFleet } from '../fixtures/stalls.js';
+import { startUpstream } from '../fixtures/upstream.js';
 import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from '../test/integration/world.js';
-import { makeSecretClient, startIdp } from '../test/support/idp.js';
-import { tempDir } from '../test/support/process.js';
-import { startRedis } from '../test/support/redis.js';
-import { runStalledFleet } from '../test/support/stalls.js';
-import { startUpstream } from '../test/support/upstream.js';
 
 const [replicas = 6, runs = 10, perReplica = 20, freezeMs = 150, everyMs = 700] = process.argv
   .slice(2)

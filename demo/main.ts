@@ -18,15 +18,15 @@ import {
   makePrivateKeyClient,
   makeSecretClient,
   startIdp,
-} from '../test/support/idp.js';
+} from '../fixtures/idp.js';
 import {
   type ProxyProcess,
   proxyEntry,
   startProxy,
   type TempDir,
   tempDir,
-} from '../test/support/process.js';
-import { startUpstream, type Upstream } from '../test/support/upstream.js';
+} from '../fixtures/process.js';
+import { startUpstream, type Upstream } from '../fixtures/upstream.js';
 
 const env = process.env;
 const intEnv = (name: string, fallback: number): number => {

@@ -16,8 +16,8 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { imageNodeFlags, imageRuntimeEnv } from '../../test/support/node-flags.js';
-import { freePort } from '../../test/support/process.js';
+import { imageNodeFlags, imageRuntimeEnv } from '../../fixtures/node-flags.js';
+import { freePort } from '../../fixtures/process.js';
 import { stopProcess, waitForHttp } from './processes.js';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));

@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../../test/support/process.js';
+import { freePort } from '../../fixtures/process.js';
 import { capture, stopProcess, waitForHttp } from './processes.js';
 
 export const nginxPath = process.env.BENCH_NGINX ?? '/usr/sbin/nginx';

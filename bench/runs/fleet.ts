@@ -7,7 +7,7 @@
  * Skipped, with a line saying so, when `redis-server` is not installed.
  */
 import { randomUUID } from 'node:crypto';
-import { type RedisServer, startRedis } from '../../test/support/redis.js';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
 import { type MeasuredAt, preferWire, WireCapture } from '../lib/capture.js';
 import { type Ctx, pick, round, sleep, type TargetCheck } from '../lib/context.js';
 import { load } from '../lib/load.js';

@@ -14,10 +14,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Idp, makeSecretClient, startIdp } from '../support/idp.js';
-import { imageNodeFlags, imageRuntimeEnv } from '../support/node-flags.js';
-import { freePort, repoRoot, scanForSecrets } from '../support/process.js';
-import { startUpstream, type Upstream } from '../support/upstream.js';
+import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
+import { imageNodeFlags, imageRuntimeEnv } from '../../fixtures/node-flags.js';
+import { freePort, repoRoot, scanForSecrets } from '../../fixtures/process.js';
+import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

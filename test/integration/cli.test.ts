@@ -11,7 +11,7 @@ import {
   startProxy,
   type TempDir,
   tempDir,
-} from '../support/process.js';
+} from '../../fixtures/process.js';
 
 const SECRET = 'cli-secret-Hh27dPq0Lm';
 const REDIS_PASSWORD = 'redis-pw-Xy81nB4s';

@@ -1,17 +1,17 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Idp, makeSecretClient, startIdp } from '../support/idp.js';
+import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
 import {
   type ProxyProcess,
   scanForSecrets,
   startProxy,
   type TempDir,
   tempDir,
-} from '../support/process.js';
-import { type RedisServer, startRedis } from '../support/redis.js';
-import { runStalledFleet, WireCapture } from '../support/stalls.js';
-import { maxInSliding, ratePerSecond } from '../support/starts.js';
-import { startUpstream, type Upstream } from '../support/upstream.js';
+} from '../../fixtures/process.js';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
+import { runStalledFleet, WireCapture } from '../../fixtures/stalls.js';
+import { maxInSliding, ratePerSecond } from '../../fixtures/starts.js';
+import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
 import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
 
 // Faults of a real fleet: real proxy processes frozen with SIGSTOP at random moments while the

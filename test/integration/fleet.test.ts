@@ -1,19 +1,19 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { reserveKeys } from '../../src/pacing/reserve-script.js';
-import { type Idp, makeSecretClient, startIdp } from '../support/idp.js';
+import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
 import {
   type ProxyProcess,
   scanForSecrets,
   startProxy,
   type TempDir,
   tempDir,
-} from '../support/process.js';
-import { type RedisServer, startRedis } from '../support/redis.js';
-import { burst, until } from '../support/stalls.js';
-import { gaps, maxInSliding, median, ratePerSecond } from '../support/starts.js';
-import { startUpstream, type Upstream, type UpstreamRequest } from '../support/upstream.js';
+} from '../../fixtures/process.js';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
+import { burst, until } from '../../fixtures/stalls.js';
+import { gaps, maxInSliding, median, ratePerSecond } from '../../fixtures/starts.js';
+import { startUpstream, type Upstream, type UpstreamRequest } from '../../fixtures/upstream.js';
+import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
 
 // A fleet of REAL proxy processes (dist/main.js) sharing one budget in a real redis-server with

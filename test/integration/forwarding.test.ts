@@ -1,7 +1,7 @@
 import { request } from 'node:http';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../support/process.js';
+import { freePort } from '../../fixtures/process.js';
 import { type AuthMethod, CLIENT_ID, startWorld, type World } from './world.js';
 
 /** Sends raw bytes and returns the raw response: for request lines no HTTP client would send. */

@@ -1,7 +1,7 @@
 import { mkdir, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { tempDir } from '../support/process.js';
+import { tempDir } from '../../fixtures/process.js';
 import { CLIENT_ID, CLIENT_SECRET, startWorld } from './world.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../fixtures/process.js';
 import { CHART_METRIC_NAMES } from '../helm/metric-names.js';
-import { freePort } from '../support/process.js';
 import { startWorld, type World } from './world.js';
 
 /** The fixed metric names and labels (docs/metrics.md). */

@@ -6,7 +6,7 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { UpstreamRequest } from '../support/upstream.js';
+import type { UpstreamRequest } from '../../fixtures/upstream.js';
 import { startWorld, type World } from './world.js';
 
 /**

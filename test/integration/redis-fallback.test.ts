@@ -4,6 +4,7 @@ import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
 import { type Clock, systemClock } from '../../src/clock.js';
 import type { FallbackSlotStore } from '../../src/pacing/fallback-slot-store.js';
 import { SWITCH_HOLD_MS } from '../../src/pacing/fallback-slot-store.js';
@@ -12,7 +13,6 @@ import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import { createSharedStore, type RateLimitConfig } from '../../src/pacing/shared-store.js';
 import type { SlotLimits, SlotStore } from '../../src/pacing/types.js';
 import { logSink } from '../support/log-sink.js';
-import { type RedisServer, startRedis } from '../support/redis.js';
 
 let redis: RedisServer;
 const open: FallbackSlotStore[] = [];

@@ -2,12 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
+import { maxInSliding, median } from '../../fixtures/starts.js';
 import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import type { SlotLimits } from '../../src/pacing/types.js';
-import { type RedisServer, startRedis } from '../support/redis.js';
-import { maxInSliding, median } from '../support/starts.js';
 
 // Three replicas (three stores, each with its own ioredis connection) draw from one key, each
 // behaving like the pacer: its queue head reserves, sleeps the delay, starts, and reserves again.

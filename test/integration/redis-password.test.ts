@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
 import { systemClock } from '../../src/clock.js';
 import { readRedisPassword } from '../../src/credentials/credentials.js';
 import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
@@ -12,7 +13,6 @@ import { LocalSlotStore } from '../../src/pacing/local-slot-store.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
 import { createSharedStore, type RateLimitConfig } from '../../src/pacing/shared-store.js';
 import { logSink } from '../support/log-sink.js';
-import { type RedisServer, startRedis } from '../support/redis.js';
 
 const password = `pw-${randomBytes(12).toString('hex')}`;
 const wrong = `wrong-${randomBytes(12).toString('hex')}`;

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
 import {
   EXPIRY_MARGIN_MS,
   parseReserveReply,
@@ -10,7 +11,6 @@ import {
   reserveKeys,
 } from '../../src/pacing/reserve-script.js';
 import type { SlotLimits } from '../../src/pacing/types.js';
-import { type RedisServer, startRedis } from '../support/redis.js';
 
 // The reservation script run directly against a real redis-server: every expectation is exact
 // in Redis time (µs), because the script reports the TIME it used.

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Idp, makeSecretClient, startIdp } from '../support/idp.js';
+import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
 import {
   freePort,
   type ProxyProcess,
@@ -8,9 +8,9 @@ import {
   startProxy,
   type TempDir,
   tempDir,
-} from '../support/process.js';
-import { type RedisServer, startRedis } from '../support/redis.js';
-import { startUpstream, type Upstream } from '../support/upstream.js';
+} from '../../fixtures/process.js';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
+import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
 
 /** Two APIs, each with its own client at one real IdP. */
 const CLIENTS = {

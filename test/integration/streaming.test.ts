@@ -4,7 +4,7 @@ import { request } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pseudoRandomChunks, pseudoRandomSha256 } from '../support/upstream.js';
+import { pseudoRandomChunks, pseudoRandomSha256 } from '../../fixtures/upstream.js';
 import { startWorld, type World } from './world.js';
 
 const SIZE = 200 * 1024 * 1024;

@@ -8,9 +8,9 @@ import {
   type PrivateKeyClient,
   requestToken,
   startIdp,
-} from '../support/idp.js';
-import { freePort, scanForSecrets } from '../support/process.js';
-import { pseudoRandomSha256, startUpstream, type Upstream } from '../support/upstream.js';
+} from '../../fixtures/idp.js';
+import { freePort, scanForSecrets } from '../../fixtures/process.js';
+import { pseudoRandomSha256, startUpstream, type Upstream } from '../../fixtures/upstream.js';
 
 const BASIC = { clientId: 'basic-app', secret: 'basic-secret-0123456789' };
 const POST = { clientId: 'post-app', secret: 'post-secret-0123456789' };

@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type TempDir, tempDir } from '../support/process.js';
+import { type TempDir, tempDir } from '../../fixtures/process.js';
 import { startWorld } from './world.js';
 
 /** A private CA and a server certificate for 127.0.0.1 signed by it (openssl, as operators do). */

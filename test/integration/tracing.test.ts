@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { repoRoot, scanForSecrets } from '../../fixtures/process.js';
+import type { UpstreamRequest } from '../../fixtures/upstream.js';
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from '../support/otlp.js';
-import { repoRoot, scanForSecrets } from '../support/process.js';
-import type { UpstreamRequest } from '../support/upstream.js';
 import { CLIENT_ID, startWorld, type World } from './world.js';
 
 /** Makes the child report every @opentelemetry ES module it resolves, on stderr. */

@@ -4,7 +4,7 @@ import {
   makePrivateKeyClient,
   makeSecretClient,
   startIdp,
-} from '../support/idp.js';
+} from '../../fixtures/idp.js';
 import {
   freePort,
   type ProxyProcess,
@@ -12,8 +12,8 @@ import {
   startProxy,
   type TempDir,
   tempDir,
-} from '../support/process.js';
-import { startUpstream, type Upstream } from '../support/upstream.js';
+} from '../../fixtures/process.js';
+import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
 
 /** The secret every test client uses; the output of every test is scanned for it. */
 export const CLIENT_SECRET = 'test-secret-Zq8v4yP2nR6w';

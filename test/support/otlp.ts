@@ -13,7 +13,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { gunzipSync } from 'node:zlib';
-import { listen } from './process.js';
+import { listen } from '../../fixtures/process.js';
 
 /** The span kinds of OTLP (`Span.SpanKind`), by name. */
 const KINDS = ['unspecified', 'internal', 'server', 'client', 'producer', 'consumer'] as const;

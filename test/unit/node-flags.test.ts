@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { imageNodeFlags, imageRuntimeEnv } from '../support/node-flags.js';
+import { imageNodeFlags, imageRuntimeEnv } from '../../fixtures/node-flags.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'm2m-node-flags-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

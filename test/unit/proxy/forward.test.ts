@@ -18,7 +18,7 @@ import {
 /**
  * The forwarder on real sockets: a client → a loopback server whose listener is the forwarder
  * → a real loopback upstream through undici's `Pool`. Real time: nothing here waits for a timer
- * (the timeout classes are in test/unit/forward.test.ts, in fake time).
+ * (the timeout classes are in test/unit/proxy/forward-timeout.test.ts, in fake time).
  */
 
 /** What the upstream saw of one request. */

@@ -1,10 +1,10 @@
 import type { ServerResponse } from 'node:http';
 import { type Dispatcher, errors } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { systemClock } from '../../src/clock.js';
-import { Cancellation } from '../../src/proxy/cancellation.js';
-import { ProxyError } from '../../src/proxy/errors.js';
-import { Forwarder, type Outgoing } from '../../src/proxy/forward.js';
+import { systemClock } from '../../../src/clock.js';
+import { Cancellation } from '../../../src/proxy/cancellation.js';
+import { ProxyError } from '../../../src/proxy/errors.js';
+import { Forwarder, type Outgoing } from '../../../src/proxy/forward.js';
 
 /**
  * A dispatcher that connects at once and then fails the way undici does when its own header or

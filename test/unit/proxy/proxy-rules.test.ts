@@ -1,9 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { PROXY_ERRORS, ProxyError } from '../../src/proxy/errors.js';
-import { retryAfterMs } from '../../src/proxy/handler.js';
-import { rawHeader, requestHead, responseHeaders, withBearer } from '../../src/proxy/headers.js';
-import { pathPrefix, upstreamPath } from '../../src/proxy/target.js';
+import { PROXY_ERRORS, ProxyError } from '../../../src/proxy/errors.js';
+import { retryAfterMs } from '../../../src/proxy/handler.js';
+import { rawHeader, requestHead, responseHeaders, withBearer } from '../../../src/proxy/headers.js';
+import { pathPrefix, upstreamPath } from '../../../src/proxy/target.js';
 
 describe('request targets', () => {
   it('appends origin-form targets to the upstream prefix', () => {

@@ -2,8 +2,8 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../src/config/load.js';
-import { describeTracing, resolveTracing, tracesUrl } from '../../src/config/tracing.js';
+import { ConfigError, loadConfig } from '../../../src/config/load.js';
+import { describeTracing, resolveTracing, tracesUrl } from '../../../src/config/tracing.js';
 
 const MINIMAL = `
 upstream: { url: https://api.example.test/v1 }

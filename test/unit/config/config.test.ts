@@ -2,9 +2,9 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { displayUrl } from '../../src/config/config.js';
-import { parseDuration } from '../../src/config/duration.js';
-import { ConfigError, envName, loadConfig } from '../../src/config/load.js';
+import { displayUrl } from '../../../src/config/config.js';
+import { parseDuration } from '../../../src/config/duration.js';
+import { ConfigError, envName, loadConfig } from '../../../src/config/load.js';
 
 async function configFile(text: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'm2m-config-'));

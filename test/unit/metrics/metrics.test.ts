@@ -1,6 +1,6 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { Metrics } from '../../src/metrics/metrics.js';
+import { Metrics } from '../../../src/metrics/metrics.js';
 
 const exposition = (m: Metrics) => m.registry.metrics();
 

@@ -1,8 +1,8 @@
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { systemClock } from '../../src/clock.js';
-import { Metrics, SharedBudgetMetrics } from '../../src/metrics/metrics.js';
-import { createPacer } from '../../src/pacing/pacer.js';
+import { systemClock } from '../../../src/clock.js';
+import { Metrics, SharedBudgetMetrics } from '../../../src/metrics/metrics.js';
+import { createPacer } from '../../../src/pacing/pacer.js';
 
 /** Every sample of `name` as `{labels: value}` text, e.g. `route=a,code=200 → 1`. */
 async function samples(registry: Registry, name: string): Promise<Record<string, number>> {

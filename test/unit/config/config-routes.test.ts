@@ -2,8 +2,8 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, routeEnvName } from '../../src/config/load.js';
-import { tokenGroups } from '../../src/config/token-groups.js';
+import { ConfigError, loadConfig, routeEnvName } from '../../../src/config/load.js';
+import { tokenGroups } from '../../../src/config/token-groups.js';
 
 async function configFile(text: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'm2m-routes-'));

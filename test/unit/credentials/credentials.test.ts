@@ -4,18 +4,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/clock.js';
-import type { RouteConfig } from '../../src/config/config.js';
-import { envCredentials } from '../../src/config/environment.js';
+import { systemClock } from '../../../src/clock.js';
+import type { RouteConfig } from '../../../src/config/config.js';
+import { envCredentials } from '../../../src/config/environment.js';
 import {
   type ClientCredentials,
   CredentialError,
   readCredentials,
   splitBasic,
-} from '../../src/credentials/credentials.js';
-import { Secret } from '../../src/credentials/secret.js';
-import { CredentialWatcher } from '../../src/credentials/watcher.js';
-import { createLogger } from '../../src/log/logger.js';
+} from '../../../src/credentials/credentials.js';
+import { Secret } from '../../../src/credentials/secret.js';
+import { CredentialWatcher } from '../../../src/credentials/watcher.js';
+import { createLogger } from '../../../src/log/logger.js';
 
 const token = (
   credentials: RouteConfig['token']['credentials'],

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { Secret } from '../../src/credentials/secret.js';
+import { Secret } from '../../../src/credentials/secret.js';
 import {
   basicAuthorization,
   jwtLifetime,
   parseTokenResponse,
   TokenRequestError,
-} from '../../src/token/client.js';
+} from '../../../src/token/client.js';
 
 function failure(status: number, body: string): TokenRequestError {
   try {

@@ -1,14 +1,18 @@
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { systemClock } from '../../src/clock.js';
-import type { RouteConfig } from '../../src/config/config.js';
-import type { ClientCredentials } from '../../src/credentials/credentials.js';
-import { Secret } from '../../src/credentials/secret.js';
-import { createLogger } from '../../src/log/logger.js';
-import { Metrics } from '../../src/metrics/metrics.js';
-import { type IssuedToken, TokenRequestError, type TokenSource } from '../../src/token/client.js';
-import { TokenUnavailableError } from '../../src/token/errors.js';
-import { backoffDelay, renewalDelay, TokenManager } from '../../src/token/manager.js';
+import { systemClock } from '../../../src/clock.js';
+import type { RouteConfig } from '../../../src/config/config.js';
+import type { ClientCredentials } from '../../../src/credentials/credentials.js';
+import { Secret } from '../../../src/credentials/secret.js';
+import { createLogger } from '../../../src/log/logger.js';
+import { Metrics } from '../../../src/metrics/metrics.js';
+import {
+  type IssuedToken,
+  TokenRequestError,
+  type TokenSource,
+} from '../../../src/token/client.js';
+import { TokenUnavailableError } from '../../../src/token/errors.js';
+import { backoffDelay, renewalDelay, TokenManager } from '../../../src/token/manager.js';
 
 const TOKEN_CONFIG: RouteConfig['token'] = {
   url: 'https://idp.example.test/token',
