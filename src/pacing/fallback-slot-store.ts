@@ -9,7 +9,7 @@ import type { Audit } from '../log/audit.js';
 import type { Logger } from '../log/logger.js';
 import type { SharedBudgetMetrics } from '../metrics/metrics.js';
 import { HEARTBEAT_INTERVAL_MS, type SharedSlotStore } from './redis-slot-store.js';
-import type { Reservation, SlotStore } from './types.js';
+import type { Grant, Reservation, SlotStore } from './types.js';
 
 /**
  * 1 s between probes while Redis is unreachable: a replica is back on the shared budget within
@@ -42,6 +42,15 @@ const FIRST_PROBE_MS = 200;
 
 /** Heartbeats sent 200 ms apart after start-up, before the regular interval. */
 const EARLY_BEATS = 5;
+
+/** The handle of one grant (`Reservation.grant`): the side that made it, and its own handle. */
+class FallbackGrant {
+  constructor(
+    /** The shared store, or the local store in use when it was granted. */
+    readonly store: SlotStore,
+    readonly inner: Grant | undefined,
+  ) {}
+}
 
 /** What `FallbackSlotStore` is built from. */
 export interface FallbackSlotStoreOptions {
@@ -94,8 +103,6 @@ export class FallbackSlotStore implements SlotStore {
   readonly #audit: Audit | undefined;
   readonly #heartbeatIntervalMs: number;
   #up = true;
-  /** The latest granted reservation came from the shared budget (for `mayStart`, `onWireLate`). */
-  #lastShared = true;
   /** Replicas on the key at the latest heartbeat; undefined until one answered. */
   #replicas: number | undefined;
   #probeTimer: Timer | undefined;
@@ -177,8 +184,7 @@ export class FallbackSlotStore implements SlotStore {
             this.#notBefore(notBefore),
             signal,
           );
-          if (reservation.granted) this.#granted(reservation, true);
-          return reservation;
+          return reservation.granted ? this.#granted(reservation, this.#shared) : reservation;
         } catch (error) {
           // The request left while the shared store waited for its slot: not a Redis failure.
           if (signal?.aborted) throw signal.reason;
@@ -186,9 +192,9 @@ export class FallbackSlotStore implements SlotStore {
           continue;
         }
       }
-      const reservation = await this.#localStore().reserve(maxDelay, this.#notBefore(notBefore));
-      if (reservation.granted) this.#granted(reservation, false);
-      return reservation;
+      const local = this.#localStore();
+      const reservation = await local.reserve(maxDelay, this.#notBefore(notBefore));
+      return reservation.granted ? this.#granted(reservation, local) : reservation;
     }
   }
 
@@ -223,10 +229,11 @@ export class FallbackSlotStore implements SlotStore {
     return Math.max(notBeforeMs, this.#holdUntil - this.#clock.now());
   }
 
-  #granted(reservation: Reservation, shared: boolean): void {
-    this.#lastShared = shared;
-    if (!shared) this.#localSinceDown = true;
+  /** Notes a grant of `store` (for the hold) and wraps its handle with the side that made it. */
+  #granted(reservation: Reservation, store: SlotStore): Reservation {
+    if (store !== this.#shared) this.#localSinceDown = true;
     this.#lastStartAt = this.#clock.now() + reservation.delayMs;
+    return { ...reservation, grant: new FallbackGrant(store, reservation.grant) };
   }
 
   /** At a switch: the first start on the new side keeps `SWITCH_HOLD_MS` from the old side's. */
@@ -250,15 +257,19 @@ export class FallbackSlotStore implements SlotStore {
     this.#holdUntil = last + SWITCH_HOLD_MS;
   }
 
-  /** See `SlotStore.mayStart`: asks the store that granted the latest reservation. */
-  mayStart(lateMs: number): boolean {
-    const store = this.#lastShared ? this.#shared : this.#local;
-    return store?.mayStart?.(lateMs) ?? true;
+  /** See `SlotStore.mayStart`: asks the store that made `grant`, about that grant. */
+  mayStart(grant: Grant, lateMs: number): boolean {
+    if (!(grant instanceof FallbackGrant) || grant.inner === undefined) return true;
+    return grant.store.mayStart?.(grant.inner, lateMs) ?? true;
   }
 
-  /** See `SlotStore.onWireLate`: only the local store can move a recorded start. */
-  onWireLate(lateMs: number): void {
-    if (!this.#lastShared) this.#local?.onWireLate?.(lateMs);
+  /**
+   * See `SlotStore.onWireLate`: only a local store can move a recorded start (one replaced since,
+   * at a later switch, is no longer used and changes nothing).
+   */
+  onWireLate(grant: Grant, lateMs: number): void {
+    if (!(grant instanceof FallbackGrant) || grant.inner === undefined) return;
+    if (grant.store !== this.#shared) grant.store.onWireLate?.(grant.inner, lateMs);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/config.js';
-import type { Reservation, SlotLimits, SlotStore } from './types.js';
+import type { Grant, Reservation, SlotLimits, SlotStore } from './types.js';
 
 /**
  * The share of the budget kept in hand: starts are scheduled at `(1 − WIRE_MARGIN) × perSecond`
@@ -74,6 +74,8 @@ export class LocalSlotStore implements SlotStore {
    * its head only after the previous start), which keeps the ring sorted for `windowRemaining`.
    */
   #lastStart = Number.NEGATIVE_INFINITY;
+  /** The handle of the latest reserved start: only that start can still be moved (`onWireLate`). */
+  #lastGrant: Grant | undefined;
 
   constructor(options: SlotLimits & { clock: Clock }) {
     const { perSecond, burst, windowMax, windowMs, clock } = options;
@@ -111,8 +113,7 @@ export class LocalSlotStore implements SlotStore {
       if (this.#ring) refused.windowRemaining = this.#windowRemainingAt(now);
       return refused;
     }
-    this.#record(start);
-    const granted: Reservation = { granted: true, delayMs };
+    const granted: Reservation = { granted: true, delayMs, grant: this.#record(start) };
     if (this.#ring) granted.windowRemaining = this.#windowRemainingAt(start);
     return granted;
   }
@@ -122,9 +123,14 @@ export class LocalSlotStore implements SlotStore {
     return this.#ring ? this.#windowRemainingAt(at - this.#origin) : undefined;
   }
 
-  /** See `SlotStore.onWireLate`: moves the latest recorded start to when it really happened. */
-  onWireLate(lateMs: number): void {
-    if (!(lateMs > 0) || this.#lastStart === Number.NEGATIVE_INFINITY) return;
+  /**
+   * See `SlotStore.onWireLate`: moves the start of `grant` to when it really happened, while it
+   * is the latest recorded start. A start granted after it (another route's pacer on the same
+   * budget) was computed from the reserved time and stays where it is; moving the latest start
+   * instead would move that other request's.
+   */
+  onWireLate(grant: Grant, lateMs: number): void {
+    if (!(lateMs > 0) || grant !== this.#lastGrant) return;
     const actual = this.#lastStart + lateMs;
     if (this.#intervalMs > 0) this.#tat = Math.max(this.#tatBefore, actual) + this.#intervalMs;
     if (this.#ring) {
@@ -150,7 +156,7 @@ export class LocalSlotStore implements SlotStore {
     return start;
   }
 
-  #record(start: number): void {
+  #record(start: number): Grant {
     this.#tatBefore = this.#tat;
     if (this.#intervalMs > 0) this.#tat = Math.max(this.#tat, start) + this.#intervalMs;
     if (this.#ring) {
@@ -159,6 +165,8 @@ export class LocalSlotStore implements SlotStore {
       if (this.#ringCount < this.#windowMax) this.#ringCount++;
     }
     this.#lastStart = start;
+    this.#lastGrant = {};
+    return this.#lastGrant;
   }
 
   /** `windowMax` minus the starts in `(at − windowMs, at]` (relative ms), by binary search of the sorted ring. */

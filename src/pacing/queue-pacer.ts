@@ -12,6 +12,7 @@ import { BasePacer, type PacerOptions } from './base-pacer.js';
 import { RateLimitedError, ShuttingDownError } from './errors.js';
 import {
   type AcquireOptions,
+  type Grant,
   type Pacer,
   PROBE_MAX_DELAY_MS,
   type Reservation,
@@ -119,6 +120,11 @@ export class QueuePacer extends BasePacer implements Pacer {
   #recordedAt = Number.NEGATIVE_INFINITY;
   /** Clock ms of the latest start's reserved slot, for the store's lateness check (`onWire`). */
   #slotAt = Number.NEGATIVE_INFINITY;
+  /**
+   * The latest start's grant: the lateness check and the correction of `onWire` act on it, not
+   * on the store's latest grant, which may be another route's pacer's when routes share a store.
+   */
+  #grant: Grant | undefined;
   #wakeOnWire: (() => void) | undefined;
 
   constructor(options: QueuePacerOptions) {
@@ -158,10 +164,13 @@ export class QueuePacer extends BasePacer implements Pacer {
     // The last check before the write: a stall after the slot was granted (between the pacer
     // and the socket: the token, a connection, the dispatch) makes the start too late for a
     // shared schedule, and it is given up rather than sent close behind another replica's.
-    const onTime = this.#store.mayStart?.(now - this.#slotAt) !== false;
+    const grant = this.#grant;
+    this.#grant = undefined;
+    const onTime =
+      grant === undefined || this.#store.mayStart?.(grant, now - this.#slotAt) !== false;
     if (onTime) {
       const lateMs = now - this.#recordedAt;
-      if (lateMs > TIMER_SLACK_MS) this.#store.onWireLate?.(lateMs);
+      if (lateMs > TIMER_SLACK_MS && grant !== undefined) this.#store.onWireLate?.(grant, lateMs);
     }
     this.#wakeOnWire?.();
     return onTime;
@@ -174,8 +183,10 @@ export class QueuePacer extends BasePacer implements Pacer {
   #assumeOnWire(): void {
     if (!this.#awaitingWire) return;
     this.#awaitingWire = false;
+    const grant = this.#grant;
+    this.#grant = undefined;
     const lateMs = this.clock.now() - this.#recordedAt;
-    if (lateMs > TIMER_SLACK_MS) this.#store.onWireLate?.(lateMs);
+    if (lateMs > TIMER_SLACK_MS && grant !== undefined) this.#store.onWireLate?.(grant, lateMs);
     this.#wakeOnWire?.();
   }
 
@@ -345,14 +356,18 @@ export class QueuePacer extends BasePacer implements Pacer {
         // stays counted: safe side) and a new one is reserved after the pause.
         if (this.pausedUntil > this.clock.now()) continue;
         const lateMs = this.clock.now() - reservedAt;
-        // Too late for a shared schedule (a stall while waiting for the slot): the slot is given
-        // up and the head reserves again; the fleet's next starts were planned around it.
-        if (this.#store.mayStart?.(Math.max(0, lateMs)) === false) continue;
-        // Started late (a stall): record the real start, or the next slot, already due, would
-        // follow it closer than the limits allow.
-        if (lateMs > TIMER_SLACK_MS) this.#store.onWireLate?.(lateMs);
+        const { grant } = reservation;
+        if (grant !== undefined) {
+          // Too late for a shared schedule (a stall while waiting for the slot): the slot is
+          // given up and the head reserves again; the fleet's next starts were planned around it.
+          if (this.#store.mayStart?.(grant, Math.max(0, lateMs)) === false) continue;
+          // Started late (a stall): record the real start, or the next slot, already due, would
+          // follow it closer than the limits allow.
+          if (lateMs > TIMER_SLACK_MS) this.#store.onWireLate?.(grant, lateMs);
+        }
         if (this.#awaitOnWire) {
           this.#awaitingWire = true;
+          this.#grant = grant;
           this.#slotAt = reservedAt;
           this.#recordedAt = Math.max(reservedAt, this.clock.now());
         }

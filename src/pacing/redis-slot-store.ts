@@ -21,7 +21,7 @@ import {
   reserveArgs,
   reserveKeys,
 } from './reserve-script.js';
-import type { Reservation, SlotLimits, SlotStore } from './types.js';
+import type { Grant, Reservation, SlotLimits, SlotStore } from './types.js';
 
 /**
  * A `SlotStore` whose record lives outside the process and can therefore be unreachable. The
@@ -135,6 +135,25 @@ export interface DetailedReservation extends Reservation {
   asks: number;
 }
 
+/** The handle of one grant in Redis (`Reservation.grant`): what `mayStart` needs to judge it. */
+class RedisGrant {
+  constructor(
+    /** The grant's name in Redis (`start-seq`), to give it back when it is forfeited. */
+    readonly name: string | undefined,
+    /**
+     * `performance.now()` the grant is released at. Lateness is also measured from here, on this
+     * store's clock: the caller's own reading of the release time is taken later, and a stall in
+     * between (a preempted or frozen process) would hide in it.
+     */
+    readonly releaseAt: number,
+    /**
+     * How much earlier than `releaseAt` the reserved instant may really have been on Redis's
+     * clock (the estimate's error, the rounding up).
+     */
+    readonly skewMs: number,
+  ) {}
+}
+
 /** Error of a Redis call of the shared budget. Its message never contains the password. */
 export class SharedBudgetError extends M2mError {
   readonly code = 'shared_budget_unavailable';
@@ -165,21 +184,9 @@ export class RedisSlotStore implements SharedSlotStore {
   /** This process's name among the replicas on the key. */
   readonly #id = randomUUID();
   /**
-   * For the latest granted reservation: how much earlier than its release time the reserved
-   * instant may really have been on Redis's clock (the estimate's error, the rounding up).
-   */
-  #skewMs = 0;
-  /**
-   * `performance.now()` the latest granted reservation is released at. Lateness is also measured
-   * from here, on this store's clock: the caller's own reading of the release time is taken
-   * later, and a stall in between (a preempted or frozen process) would hide in it.
-   */
-  #releaseAt = Number.NEGATIVE_INFINITY;
-  /** The latest granted reservation's name in Redis (`start-seq`). */
-  #grantName: string | undefined;
-  /**
    * A grant this replica forfeited (reached too late) and did not use: the next reservation
-   * gives it back, which Redis accepts while nothing was granted after it.
+   * gives it back, which Redis accepts while nothing was granted after it (by any replica, or by
+   * another route of this one sharing the store).
    */
   #forfeited: string | undefined;
   #closing = false;
@@ -347,9 +354,8 @@ export class RedisSlotStore implements SharedSlotStore {
         began,
         reply.nowUs / 1000,
       );
-      this.#releaseAt = now + delayMs;
-      this.#skewMs = Math.max(0, this.#releaseAt - earliest);
-      this.#grantName = reply.name;
+      const releaseAt = now + delayMs;
+      reservation.grant = new RedisGrant(reply.name, releaseAt, Math.max(0, releaseAt - earliest));
     }
     if (reply.reclaimed) {
       this.#metrics.reclaims.inc();
@@ -361,19 +367,21 @@ export class RedisSlotStore implements SharedSlotStore {
 
   /**
    * See `SlotStore.mayStart`: on time when the lateness plus the clock's doubt is within
-   * `LATE_TOLERANCE_MS`; otherwise the slot is forfeited (counted) and the request reserves again.
+   * `LATE_TOLERANCE_MS`; otherwise `grant` is forfeited (counted) and the request reserves again.
    */
-  mayStart(lateMs: number): boolean {
-    const late = Math.max(lateMs, performance.now() - this.#releaseAt);
-    if (late + this.#skewMs <= LATE_TOLERANCE_MS) return true;
+  mayStart(grant: Grant, lateMs: number): boolean {
+    // Not a grant of this store: nothing to judge it by (a caller's mistake, not a stall).
+    if (!(grant instanceof RedisGrant)) return true;
+    const late = Math.max(lateMs, performance.now() - grant.releaseAt);
+    if (late + grant.skewMs <= LATE_TOLERANCE_MS) return true;
     this.#metrics.forfeits.inc();
-    // Not used: the caller does not send and reserves again, which gives the slot back.
-    this.#forfeited = this.#grantName;
-    this.#grantName = undefined;
+    // Not used: the caller does not send and reserves again, which gives this slot back (and no
+    // other: the grant names it, whoever reserved last).
+    this.#forfeited = grant.name;
     this.#logger?.debug({
       event: 'shared_slot_forfeited',
       lateMs: Math.round(late * 10) / 10,
-      clockDoubtMs: Math.round(this.#skewMs * 10) / 10,
+      clockDoubtMs: Math.round(grant.skewMs * 10) / 10,
     });
     return false;
   }

@@ -21,6 +21,9 @@ export interface SharedStoresDeps {
  * one Redis connection, and while Redis is unreachable the process paces those routes together
  * at its one fallback share (a store per route would give the process one share per route).
  * Each route gets its own handle from the factory; the store closes when the last one does.
+ * Everything else goes through to the store: each route's pacer names its own grant when it
+ * checks or corrects a start (`Reservation.grant`), so one route's late start never forfeits
+ * or moves another route's slot.
  */
 export async function sharedStores(
   config: Config,
@@ -50,15 +53,33 @@ export async function sharedStores(
       localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock }),
       audit: new Audit(deps.logger, names.join(',')),
     });
-    let open = routes.length;
-    stores.set(key, () =>
-      routes.length === 1
-        ? store
-        : {
-            reserve: (maxDelayMs, notBeforeMs) => store.reserve(maxDelayMs, notBeforeMs),
-            close: () => (--open === 0 ? store.close() : Promise.resolve()),
-          },
-    );
+    stores.set(key, routes.length === 1 ? () => store : sharing(store, routes.length));
   }
   return stores;
+}
+
+/**
+ * Handles on `store` for `users` pacers: each forwards every call (the cancel signal, the
+ * grant-checks, the live window gauge), and `close` closes the store once all have closed.
+ */
+export function sharing(store: SlotStore, users: number): () => SlotStore {
+  let open = users;
+  return () => {
+    let closed = false;
+    const handle: SlotStore = {
+      reserve: (maxDelayMs, notBeforeMs, signal) => store.reserve(maxDelayMs, notBeforeMs, signal),
+      close: () => {
+        // A handle closed twice must not close the store under the other routes.
+        if (closed) return Promise.resolve();
+        closed = true;
+        return --open === 0 ? store.close() : Promise.resolve();
+      },
+    };
+    // Only what the store has (the pacer reads the window gauge live when the store can answer).
+    const { mayStart, onWireLate, windowRemaining } = store;
+    if (mayStart) handle.mayStart = mayStart.bind(store);
+    if (onWireLate) handle.onWireLate = onWireLate.bind(store);
+    if (windowRemaining) handle.windowRemaining = windowRemaining.bind(store);
+    return handle;
+  };
 }

@@ -61,13 +61,27 @@ export interface Reservation {
   delayMs: number;
   /** Starts still allowed in the current sliding window after this reservation, when known. */
   windowRemaining?: number;
+  /**
+   * Granted: this grant's handle, which the pacer gives back to the store with `mayStart` and
+   * `onWireLate` for the request that holds it. A store without those may leave it out.
+   */
+  grant?: Grant;
 }
+
+/**
+ * An opaque handle on one granted reservation; only the store that made it reads it. Several
+ * pacers may draw from one store (the routes sharing a `rateLimit.shared.key` share the process's
+ * one Redis connection and fallback share), so the store's latest grant may be another pacer's:
+ * a check or a correction names the grant it is about, and acts on that one only.
+ */
+export type Grant = object;
 
 /**
  * The record of start times: the token bucket and the sliding window, applied together. The
  * local implementation keeps it in memory; the fleet one in Redis (one atomic script per call,
- * Redis server time). The pacer's FIFO reserves for its head only, so at most one reservation
- * per process is ever outstanding in the future.
+ * Redis server time). A pacer's FIFO reserves for its head only, so at most one reservation per
+ * pacer is ever outstanding in the future; a store shared by several routes' pacers has one per
+ * pacer, and tells their grants apart by their handles (`Grant`).
  */
 export interface SlotStore {
   /**
@@ -88,21 +102,22 @@ export interface SlotStore {
    */
   windowRemaining?(): number | undefined;
   /**
-   * Optional: the request holding the latest reservation started `lateMs` after its reserved
-   * time (an event-loop stall, a timer firing late). A store in this process moves the recorded
-   * start to the real one, so the slots after it shift too and the limits hold for the starts
-   * the upstream actually sees, not only for the schedule. (Redis keeps the schedule: a late
-   * start there is the safe side of the fleet's budget only up to the lateness.)
+   * Optional: the request holding `grant` started `lateMs` after its reserved time (an
+   * event-loop stall, a timer firing late). A store in this process moves the recorded start to
+   * the real one, so the slots after it shift too and the limits hold for the starts the upstream
+   * actually sees, not only for the schedule; it can do so only while `grant` is still its latest
+   * (a later grant was already computed from the reserved time). (Redis keeps the schedule: a
+   * late start there is the safe side of the fleet's budget only up to the lateness.)
    */
-  onWireLate?(lateMs: number): void;
+  onWireLate?(grant: Grant, lateMs: number): void;
   /**
-   * Optional: may the request holding the latest granted reservation still start, `lateMs` after
-   * its reserved time? A shared store answers false when the lateness (plus what the store does
-   * not know about its own clock) exceeds the tolerance the fleet's schedule keeps in hand: the
-   * other replicas' slots were handed out on the assumption that this one goes on time, so it
-   * must give its slot up and reserve again. Absent or true: start.
+   * Optional: may the request holding `grant` still start, `lateMs` after its reserved time? A
+   * shared store answers false when the lateness (plus what the store does not know about its
+   * own clock) exceeds the tolerance the fleet's schedule keeps in hand: the other replicas'
+   * slots were handed out on the assumption that this one goes on time, so it must give that
+   * slot (and no other) up and reserve again. Absent or true: start.
    */
-  mayStart?(lateMs: number): boolean;
+  mayStart?(grant: Grant, lateMs: number): boolean;
   /** Releases connections and timers. */
   close(): Promise<void>;
 }

@@ -3,7 +3,7 @@ import { type Clock, systemClock } from '../../../src/clock.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import { QueuePacer } from '../../../src/pacing/queue-pacer.js';
-import type { Reservation, SlotLimits, SlotStore } from '../../../src/pacing/types.js';
+import type { Grant, Reservation, SlotLimits, SlotStore } from '../../../src/pacing/types.js';
 
 /** Wraps a store and records every granted start time (clock ms, unrounded). */
 export class RecordingStore implements SlotStore {
@@ -22,10 +22,10 @@ export class RecordingStore implements SlotStore {
     return answer;
   }
 
-  onWireLate(lateMs: number): void {
+  onWireLate(grant: Grant, lateMs: number): void {
     const last = this.granted.length - 1;
     if (last >= 0) this.granted[last] = (this.granted[last] as number) + lateMs;
-    this.inner.onWireLate?.(lateMs);
+    this.inner.onWireLate?.(grant, lateMs);
   }
 
   close(): Promise<void> {

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
 import { LocalSlotStore, slotLimits } from '../../../src/pacing/local-slot-store.js';
-import { PROBE_MAX_DELAY_MS } from '../../../src/pacing/types.js';
+import { type Grant, PROBE_MAX_DELAY_MS } from '../../../src/pacing/types.js';
 
 const T0 = 1_700_000_000_000;
 
@@ -76,6 +76,18 @@ describe('LocalSlotStore', () => {
     expect(s.reserveNow(0, 0)).toMatchObject({ granted: true, delayMs: 0, windowRemaining: 0 });
     // Then the two at T0 + 100 leave at T0 + 1100.
     expect(s.reserveNow(PROBE_MAX_DELAY_MS, 0).delayMs).toBe(100);
+  });
+
+  it('moves a late start by its own grant, and only while it is the latest start', () => {
+    const s = store(10, 1); // 100 ms apart
+    const a = s.reserveNow(Number.POSITIVE_INFINITY, 0); // at 0
+    const b = s.reserveNow(Number.POSITIVE_INFINITY, 0); // at 100 (another route's pacer)
+    // a went out 80 ms late: b was already computed from a's reserved time and is not moved.
+    s.onWireLate(a.grant as Grant, 80);
+    expect(s.reserveNow(PROBE_MAX_DELAY_MS, 0).delayMs).toBe(200);
+    // b went out 30 ms late: the next start keeps its distance from b's real start.
+    s.onWireLate(b.grant as Grant, 30);
+    expect(s.reserveNow(PROBE_MAX_DELAY_MS, 0).delayMs).toBe(230);
   });
 
   it('holds memory bounded by windowMax however many starts it records', () => {

@@ -560,7 +560,7 @@ describe('QueuePacer: a shared store that forfeits late starts', () => {
         reservations++;
         return inner.reserve(maxDelayMs, notBeforeMs);
       },
-      mayStart(lateMs: number) {
+      mayStart(_grant: object, lateMs: number) {
         asked.push(lateMs);
         return lateMs <= toleranceMs;
       },
