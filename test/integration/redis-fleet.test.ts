@@ -4,10 +4,16 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RedisServer, startRedis } from '../../fixtures/redis.js';
 import { maxInSliding, median } from '../../fixtures/starts.js';
-import { SharedBudgetMetrics } from '../../src/metrics/metrics.js';
+import { systemClock } from '../../src/clock.js';
+import { Metrics, SharedBudgetMetrics } from '../../src/metrics/metrics.js';
+import { LocalSlotStore } from '../../src/pacing/local-slot-store.js';
+import { QueuePacer } from '../../src/pacing/queue-pacer.js';
 import { RedisSlotStore } from '../../src/pacing/redis-slot-store.js';
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
+import { createSharedStore } from '../../src/pacing/shared-store.js';
+import { sharing } from '../../src/pacing/shared-stores.js';
 import type { SlotLimits } from '../../src/pacing/types.js';
+import { logSink } from '../support/log-sink.js';
 
 // Three replicas (three stores, each with its own ioredis connection) draw from one key, each
 // behaving like the pacer: its queue head reserves, sleeps the delay, starts, and reserves again.
@@ -187,5 +193,68 @@ describe('one budget for a fleet (real Redis, real time)', () => {
     expect((await b2.reserve(0, 0)).granted).toBe(true);
     expect((await a2.reserve(0, 0)).granted).toBe(false);
     expect((await b2.reserve(0, 0)).granted).toBe(false);
+  });
+});
+
+describe('routes sharing one key in one process (one store, real Redis)', () => {
+  async function metric(registry: Registry, name: string): Promise<number> {
+    const m = registry.getSingleMetric(name);
+    if (!m) throw new Error(`${name} not registered`);
+    return (await m.get()).values[0]?.value ?? Number.NaN;
+  }
+
+  it("a route's start that reaches its socket late forfeits its own grant; the other route's later slot stays recorded", async () => {
+    const key = `fleet:${randomUUID()}`;
+    const registry = new Registry();
+    // The store `sharedStores` builds for two routes on one key: one connection, one fallback.
+    const store = createSharedStore(
+      {
+        perSecond: 5,
+        burst: 1,
+        window: { max: 100, length: 60_000 },
+        queue: { max: 10, timeout: 30_000 },
+      },
+      { redis: redis.url, key },
+      {
+        clock: systemClock,
+        logger: logSink('info').logger,
+        registry,
+        routes: ['a', 'b'],
+        localStoreFactory: (limits) => new LocalSlotStore({ ...limits, clock: systemClock }),
+      },
+    );
+    const handle = sharing(store, 2);
+    const [a, b] = ['a', 'b'].map(
+      (route) =>
+        new QueuePacer({
+          store: handle(),
+          clock: systemClock,
+          metrics: new Metrics(new Registry(), { defaultMetrics: false }).forRoutes([route]),
+          queueMax: 10,
+          queueTimeoutMs: 30_000,
+          awaitOnWire: true,
+        }),
+    ) as [QueuePacer, QueuePacer];
+    try {
+      const deadline = () => Date.now() + 10_000;
+      await a.acquire({ deadline: deadline() });
+      // B's slot is the next one, about 200 ms later: B holds the latest grant from here on.
+      await b.acquire({ deadline: deadline() });
+      // A's request reaches its socket about 200 ms after its slot: A gives up its own slot.
+      expect(a.onWire()).toBe(false);
+      expect(await metric(registry, 'm2m_proxy_shared_budget_forfeits_total')).toBe(1);
+      // A reserves again. Its forfeited slot is not the latest (B's followed it), so nothing is
+      // given back: B, which may be sending on its slot, keeps it, and A's hole stays recorded.
+      await a.acquire({ deadline: deadline() });
+      expect(await metric(registry, 'm2m_proxy_shared_budget_reclaims_total')).toBe(0);
+      const admin = new Redis(redis.url);
+      try {
+        expect(await admin.zcard(reserveKeys(key)[1])).toBe(3);
+      } finally {
+        admin.disconnect();
+      }
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
   });
 });
