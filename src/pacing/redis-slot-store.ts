@@ -105,7 +105,8 @@ export const LOOKAHEAD_MS = 50;
  * between these fractions: 20–60 % of 50 ms puts the asks 40 to 20 ms before the start, early
  * enough for a late timer and the round trip, spread so that the replicas waiting for the same
  * slot do not arrive together, and so that none is always last (a longer round trip, a slower
- * node): whichever arrives first in the last 50 ms gets the slot.
+ * node): whichever arrives first in the last 50 ms gets the slot. The random part is divided by
+ * the number of "not yet" answers so far, so a replica that has waited longer asks earlier.
  */
 const ASK_SPREAD = [0.2, 0.6] as const;
 
@@ -296,8 +297,11 @@ export class RedisSlotStore implements SharedSlotStore {
         const { later: _l, ...reservation } = answer;
         return { ...reservation, asks };
       }
+      // The longer this head has waited, the earlier in the spread it asks: the random part
+      // shrinks with every "not yet", so a replica that lost a few times goes first (close to
+      // first come, first served across the fleet) without any record of waiters in Redis.
       const [low, high] = ASK_SPREAD;
-      const spread = (low + (high - low) * this.#random()) * this.#lookaheadMs;
+      const spread = (low + ((high - low) * this.#random()) / asks) * this.#lookaheadMs;
       await sleep(this.#clock, Math.max(1, answer.delayMs - this.#lookaheadMs + spread), signal);
     }
   }

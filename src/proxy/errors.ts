@@ -23,6 +23,10 @@ export const PROXY_ERRORS = {
   token_unavailable: { status: 503, message: 'No valid access token could be obtained in time.' },
   shutting_down: { status: 503, message: 'The proxy is shutting down.' },
   upstream_timeout: { status: 504, message: 'The upstream did not answer in time.' },
+  internal_error: {
+    status: 500,
+    message: 'The proxy failed unexpectedly; its log has the details.',
+  },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 /** One of the catalogue's error codes. */

@@ -354,7 +354,7 @@ export class ProxyHandler {
       return;
     }
     const error = toProxyError(err);
-    if (!error || res.headersSent) {
+    if (res.headersSent) {
       // A failure after the upstream's response began: the only honest signal left is to cut
       // the connection so the client sees a truncated response, not a complete wrong one.
       this.#deps.logger.warn({
@@ -363,6 +363,13 @@ export class ProxyHandler {
         code: error?.code,
       });
       res.destroy();
+      return;
+    }
+    if (!error) {
+      // A failure with no catalogue entry (a bug, a store that broke): nothing was sent yet, so
+      // the client still gets an answer that says it came from the proxy, never a bare reset.
+      this.#deps.logger.error({ event: 'internal_error', err, method: req.method });
+      this.#reject(res, new ProxyError('internal_error', undefined, { cause: err }));
       return;
     }
     if (error.code === 'upstream_unreachable') {

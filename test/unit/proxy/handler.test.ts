@@ -298,7 +298,7 @@ describe('ProxyHandler: a slow body and a failing pacer', () => {
     expect(await rejections(t.metrics)).toEqual({ request_timeout: 1 });
   });
 
-  it('a pacer that fails with an error of its own (a broken slot store): the request ends at once, nothing is sent or held', async () => {
+  it('a pacer that fails with an error of its own (a broken slot store): 500 internal_error at once, counted and logged, nothing is sent or held', async () => {
     const t = makeHandler();
     t.pacer.failWith = new Error('slot store broke');
     const r = await send(server.port, {
@@ -306,9 +306,14 @@ describe('ProxyHandler: a slow body and a failing pacer', () => {
       headers: { 'content-length': '5' },
       body: ['hello'],
     }).result;
-    // Never an answer that could pass for the upstream's: a proxy error, or the connection cut.
-    if (r.status !== undefined) expect(r.headers['x-m2m-proxy-error']).toBeDefined();
-    else expect(r.complete).toBe(false);
+    // An answer that says it is the proxy's own, never a bare reset nor one that could pass for
+    // the upstream's.
+    expect(r.status).toBe(500);
+    expect(errorCode(r.body)).toBe('internal_error');
+    expect(r.headers['x-m2m-proxy-error']).toBe('internal_error');
+    expect(await rejections(t.metrics)).toEqual({ internal_error: 1 });
+    expect(events(t.log.lines, 'internal_error')).toHaveLength(1);
+    expect(events(t.log.lines, 'response_aborted')).toEqual([]);
     await until(() => t.handler.inFlight === 0, 'the request to end');
     expect(t.upstream.calls).toHaveLength(0);
     expect(t.pacer.granted).toBe(0);

@@ -188,7 +188,7 @@ describe('Retry-After', () => {
 });
 
 describe('error catalogue', () => {
-  it('matches the contract table', () => {
+  it('matches the table of docs/behaviour.md', () => {
     expect(
       Object.fromEntries(Object.entries(PROXY_ERRORS).map(([code, e]) => [code, e.status])),
     ).toEqual({
@@ -200,6 +200,7 @@ describe('error catalogue', () => {
       token_unavailable: 503,
       shutting_down: 503,
       upstream_timeout: 504,
+      internal_error: 500,
     });
     const error = new ProxyError('rate_limited', undefined, { retryAfterMs: 2000 });
     expect(JSON.parse(error.body())).toEqual({
