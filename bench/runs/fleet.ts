@@ -8,7 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { type RedisServer, startRedis } from '../../fixtures/redis.js';
-import { type MeasuredAt, preferWire, WireCapture } from '../lib/capture.js';
+import { captureWire, type MeasuredAt, preferWire } from '../lib/capture.js';
 import { type Ctx, pick, round, sleep, type TargetCheck } from '../lib/context.js';
 import { load } from '../lib/load.js';
 import { M2mProxy } from '../lib/m2m.js';
@@ -122,7 +122,7 @@ export async function runFleet(
     // Let the warm-ups' slots pass: the measured run starts from an idle budget.
     await sleep(1000);
     // ONE upstream for the fleet, as the WAF sees it: its arrival times are the fleet's starts.
-    const wire = await WireCapture.start(upstream.port);
+    const wire = await captureWire(upstream.port);
     await upstream.call('startRecording');
     const loads = await Promise.all(
       fleet.map((proxy) =>

@@ -6,7 +6,7 @@
  *     sliding window must be exactly the cap, and the window must reopen (about 2 × cap sent).
  * Both run at once (they are light) on separate upstreams and proxies.
  */
-import { type MeasuredAt, preferWire, WireCapture } from '../lib/capture.js';
+import { captureWire, type MeasuredAt, preferWire } from '../lib/capture.js';
 import { type Ctx, pick, round, type TargetCheck } from '../lib/context.js';
 import { load } from '../lib/load.js';
 import { M2mProxy } from '../lib/m2m.js';
@@ -99,7 +99,7 @@ export async function runPacing(
   ]);
   try {
     // An idle proxy holds a full bucket (burst 1): the first start is free, the rest are paced.
-    const wire = await WireCapture.start(upA.port);
+    const wire = await captureWire(upA.port);
     await Promise.all([upA.call('startRecording'), upB.call('startRecording')]);
     const [rateLoad] = await Promise.all([
       load({

@@ -8,7 +8,7 @@
  *     upstream: each keeps its pacing exactness (starts in any sliding second, smallest gap).
  * (c) Idle RSS with 1, 2 and 8 routes (after a few requests on every route): the cost of a route.
  */
-import { type MeasuredAt, preferWire, WireCapture } from '../lib/capture.js';
+import { captureWire, type MeasuredAt, preferWire } from '../lib/capture.js';
 import { type Ctx, pick, round, sleep, type TargetCheck } from '../lib/context.js';
 import { type LoadResult, load } from '../lib/load.js';
 import { M2mProxy } from '../lib/m2m.js';
@@ -184,7 +184,7 @@ export async function runRoutes(
     try {
       const runSeconds = pick(ctx, 30, 8);
       // Arrival times on the wire where tcpdump is available, as the pacing run measures.
-      const wires = await Promise.all(ups.map((u) => WireCapture.start(u.port)));
+      const wires = await Promise.all(ups.map((u) => captureWire(u.port)));
       await Promise.all(ups.map((u) => u.call('startRecording')));
       await Promise.all(
         two.ports.map((port) =>

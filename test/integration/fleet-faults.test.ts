@@ -1,5 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WireCapture } from '../../fixtures/capture.js';
 import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
 import {
   type ProxyProcess,
@@ -9,7 +10,7 @@ import {
   tempDir,
 } from '../../fixtures/process.js';
 import { type RedisServer, startRedis } from '../../fixtures/redis.js';
-import { runStalledFleet, WireCapture } from '../../fixtures/stalls.js';
+import { runStalledFleet } from '../../fixtures/stalls.js';
 import { maxInSliding, ratePerSecond } from '../../fixtures/starts.js';
 import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
 import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
