@@ -260,22 +260,40 @@ export class SharedBudgetMetrics {
   constructor(registry: Registry, routes: readonly string[] = ['default']) {
     const registers = [registry];
     const existing = (name: string) => registry.getSingleMetric(name);
-    const up =
-      (existing('m2m_proxy_shared_budget_up') as Gauge<'route'> | undefined) ??
-      new Gauge({
-        name: 'm2m_proxy_shared_budget_up',
-        help: 'Whether the shared pacing budget in Redis is in use (1) or the replica paces alone at the fallback share (0).',
-        labelNames: ['route'],
-        registers,
-      });
-    const errors =
-      (existing('m2m_proxy_shared_budget_errors_total') as Counter<'route'> | undefined) ??
-      new Counter({
-        name: 'm2m_proxy_shared_budget_errors_total',
-        help: 'Redis calls of the shared pacing budget that failed or timed out.',
-        labelNames: ['route'],
-        registers,
-      });
+    // Each metric has one child per route that draws from this key; every reading goes to all of
+    // them. The first store registers a family, the next ones reuse it.
+    const gauge = (name: string, help: string) => {
+      const family =
+        (existing(name) as Gauge<'route'> | undefined) ??
+        new Gauge({ name, help, labelNames: ['route'], registers });
+      const children = routes.map((route) => family.labels({ route }));
+      return {
+        set: (value: number) => {
+          for (const child of children) child.set(value);
+        },
+      };
+    };
+    const counter = (name: string, help: string) => {
+      const family =
+        (existing(name) as Counter<'route'> | undefined) ??
+        new Counter({ name, help, labelNames: ['route'], registers });
+      const children = routes.map((route) => family.labels({ route }));
+      // Exported at 0 from the start, as an unlabelled counter is: "none" is a reading too.
+      for (const child of children) child.inc(0);
+      return {
+        inc: () => {
+          for (const child of children) child.inc();
+        },
+      };
+    };
+    this.up = gauge(
+      'm2m_proxy_shared_budget_up',
+      'Whether the shared pacing budget in Redis is in use (1) or the replica paces alone at the fallback share (0).',
+    );
+    this.errors = counter(
+      'm2m_proxy_shared_budget_errors_total',
+      'Redis calls of the shared pacing budget that failed or timed out.',
+    );
     const reserve =
       (existing('m2m_proxy_shared_budget_reserve_duration_seconds') as
         | Histogram<'route'>
@@ -288,36 +306,11 @@ export class SharedBudgetMetrics {
         labelNames: ['route'],
         registers,
       });
-    const ups = routes.map((route) => up.labels({ route }));
-    const errs = routes.map((route) => errors.labels({ route }));
-    // Exported at 0 from the start, as an unlabelled counter is: "no errors" is a reading too.
-    for (const child of errs) child.inc(0);
     const durations = routes.map((route) => reserve.labels({ route }));
-    this.up = {
-      set: (value) => {
-        for (const child of ups) child.set(value);
-      },
-    };
-    this.errors = {
-      inc: () => {
-        for (const child of errs) child.inc();
-      },
-    };
     this.reserveDuration = {
       observe: (seconds) => {
         for (const child of durations) child.observe(seconds);
       },
-    };
-    const gauge = (name: string, help: string) => {
-      const family =
-        (existing(name) as Gauge<'route'> | undefined) ??
-        new Gauge({ name, help, labelNames: ['route'], registers });
-      const children = routes.map((route) => family.labels({ route }));
-      return {
-        set: (value: number) => {
-          for (const child of children) child.set(value);
-        },
-      };
     };
     this.replicas = gauge(
       'm2m_proxy_shared_budget_replicas',
@@ -328,35 +321,13 @@ export class SharedBudgetMetrics {
       'm2m_proxy_shared_budget_fallback_share',
       'Share of the limits this replica paces at alone while Redis is unreachable (1 / replicas last seen, capped by rateLimit.shared.fallback).',
     );
-    const forfeitFamily =
-      (existing('m2m_proxy_shared_budget_forfeits_total') as Counter<'route'> | undefined) ??
-      new Counter({
-        name: 'm2m_proxy_shared_budget_forfeits_total',
-        help: 'Starts reserved in the shared budget and given up because the replica reached them too late (a stall); the request reserves again.',
-        labelNames: ['route'],
-        registers,
-      });
-    const forfeitChildren = routes.map((route) => forfeitFamily.labels({ route }));
-    for (const child of forfeitChildren) child.inc(0);
-    this.forfeits = {
-      inc: () => {
-        for (const child of forfeitChildren) child.inc();
-      },
-    };
-    const reclaimFamily =
-      (existing('m2m_proxy_shared_budget_reclaims_total') as Counter<'route'> | undefined) ??
-      new Counter({
-        name: 'm2m_proxy_shared_budget_reclaims_total',
-        help: 'Forfeited starts given back to the shared budget, as nothing had been granted after them (the slot was not lost).',
-        labelNames: ['route'],
-        registers,
-      });
-    const reclaimChildren = routes.map((route) => reclaimFamily.labels({ route }));
-    for (const child of reclaimChildren) child.inc(0);
-    this.reclaims = {
-      inc: () => {
-        for (const child of reclaimChildren) child.inc();
-      },
-    };
+    this.forfeits = counter(
+      'm2m_proxy_shared_budget_forfeits_total',
+      'Starts reserved in the shared budget and given up because the replica reached them too late (a stall); the request reserves again.',
+    );
+    this.reclaims = counter(
+      'm2m_proxy_shared_budget_reclaims_total',
+      'Forfeited starts given back to the shared budget, as nothing had been granted after them (the slot was not lost).',
+    );
   }
 }
