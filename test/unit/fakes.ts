@@ -13,6 +13,7 @@ import type { Readable } from 'node:stream';
 import { Registry } from 'prom-client';
 import type { Dispatcher } from 'undici';
 import { vi } from 'vitest';
+import type { RouteConfig } from '../../src/config/config.js';
 import { Secret } from '../../src/credentials/secret.js';
 import { createLogger, type Logger } from '../../src/log/logger.js';
 import { Metrics, type RouteMetrics } from '../../src/metrics/metrics.js';
@@ -21,6 +22,18 @@ import { toProxyError } from '../../src/proxy/errors.js';
 import type { TokenManager } from '../../src/token/manager.js';
 
 /* ------------------------------------------------------------------ time */
+
+/** A token endpoint's settings as the token tests use them (renew at 80 %, retry 1–60 s). */
+export const TOKEN_CONFIG: RouteConfig['token'] = {
+  url: 'https://idp.example.test/token',
+  authMethod: 'client_secret_basic',
+  credentials: {},
+  params: {},
+  timeout: 10_000,
+  refreshAt: 0.8,
+  minRemaining: 30_000,
+  retry: { min: 1000, max: 60_000 },
+};
 
 /**
  * Fake timers and `Date`, nothing else: `setImmediate` and `process.nextTick` stay real so that

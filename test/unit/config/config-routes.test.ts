@@ -1,30 +1,7 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, routeEnvName } from '../../../src/config/load.js';
+import { loadConfig, routeEnvName } from '../../../src/config/load.js';
 import { tokenGroups } from '../../../src/config/token-groups.js';
-
-async function configFile(text: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'm2m-routes-'));
-  const file = join(dir, 'm2m-proxy.yaml');
-  await writeFile(file, text);
-  return file;
-}
-
-async function problems(
-  text: string,
-  env: Record<string, string> = {},
-): Promise<readonly string[]> {
-  const file = await configFile(text);
-  try {
-    await loadConfig(file, env);
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return (err as ConfigError).problems.map((p) => p.replace(file, 'FILE'));
-  }
-  throw new Error('expected the configuration to be refused');
-}
+import { configFile, problems } from './helpers.js';
 
 const TOKEN = `
     token:

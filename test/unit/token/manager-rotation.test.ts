@@ -1,6 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
-import type { RouteConfig } from '../../../src/config/config.js';
 import type { ClientCredentials } from '../../../src/credentials/credentials.js';
 import { Secret } from '../../../src/credentials/secret.js';
 import {
@@ -15,6 +14,7 @@ import {
   deferred,
   memoryLogger,
   routeMetrics,
+  TOKEN_CONFIG,
   useFakeTime,
 } from '../fakes.js';
 
@@ -23,16 +23,6 @@ import {
  * every answer the test gives by hand, in fake time.
  */
 
-const CONFIG: RouteConfig['token'] = {
-  url: 'https://idp.example.test/token',
-  authMethod: 'client_secret_basic',
-  credentials: {},
-  params: {},
-  timeout: 10_000,
-  refreshAt: 0.8,
-  minRemaining: 30_000,
-  retry: { min: 1000, max: 60_000 },
-};
 const secret = (id: string, value: string): ClientCredentials => ({
   kind: 'secret',
   clientId: id,
@@ -69,7 +59,7 @@ function makeManager() {
   const { metrics, route } = routeMetrics();
   let credentials = OLD;
   const manager = new TokenManager({
-    config: CONFIG,
+    config: TOKEN_CONFIG,
     source,
     credentials: () => credentials,
     clock: systemClock,

@@ -13,17 +13,8 @@ import {
 } from '../../../src/token/client.js';
 import { TokenUnavailableError } from '../../../src/token/errors.js';
 import { backoffDelay, renewalDelay, TokenManager } from '../../../src/token/manager.js';
+import { TOKEN_CONFIG } from '../fakes.js';
 
-const TOKEN_CONFIG: RouteConfig['token'] = {
-  url: 'https://idp.example.test/token',
-  authMethod: 'client_secret_basic',
-  credentials: {},
-  params: {},
-  timeout: 10_000,
-  refreshAt: 0.8,
-  minRemaining: 30_000,
-  retry: { min: 1000, max: 60_000 },
-};
 const CREDS: ClientCredentials = { kind: 'secret', clientId: 'id', clientSecret: new Secret('s') };
 
 /** A token endpoint in fake time: each call answers after `latency` with the next scripted outcome. */
