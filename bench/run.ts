@@ -13,7 +13,7 @@
  *   BENCH_CPU_PROF=1  run m2m-proxy with --cpu-prof (profiles in results/prof, summarised)
  *   BENCH_STRICT=1    exit 1 when a target fails
  *   BENCH_NGINX=path  nginx binary (default /usr/sbin/nginx; skipped when absent)
- *   BENCH_M2M=path    the proxy's entry point (default dist/main.js)
+ *   BENCH_M2M=path    the proxy's entry point (default dist/m2m-proxy.cjs)
  *   BENCH_M2M_BASE=path a build before tracing existed, compared in the telemetry run
  *   BENCH_NODES=a,b   other node binaries to measure the idle RSS on too (run "memory")
  *   BENCH_TCPDUMP=path tcpdump binary for arrival times on the wire (default /usr/bin/tcpdump)

@@ -1,6 +1,5 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Registry } from 'prom-client';
 import { notReady } from './admin/readiness.js';
 import { createAdminServer } from './admin/server.js';
 import { type Clock, systemClock } from './clock.js';
@@ -19,6 +18,7 @@ import { AccessLog } from './log/access.js';
 import { Audit } from './log/audit.js';
 import type { Logger } from './log/logger.js';
 import { Metrics } from './metrics/metrics.js';
+import { Registry } from './metrics/prom-client.js';
 import { createPacer } from './pacing/pacer.js';
 import { sharedStores } from './pacing/shared-stores.js';
 import type { Pacer, SlotStore } from './pacing/types.js';

@@ -5,10 +5,25 @@
  * memory on Node 24 (≈ 7 MB on Node 20) that a sidecar keeps for its whole life and never uses.
  * The undici version is pinned exactly in package.json; these paths are part of that version.
  */
-import { createRequire } from 'node:module';
+import { createRequire, Module } from 'node:module';
 import type * as Undici from 'undici';
 
 const load = createRequire(import.meta.url);
+
+// undici's HTTP/1.1 client requires its HTTP/2 module when it loads, and that module loads
+// `node:http2`, and with it `node:tls` and most of `node:crypto`: ≈ 4 MB resident on Node 24 for
+// a protocol the proxy never speaks (undici speaks HTTP/2 only when TLS negotiates it and
+// `allowH2` is set, which the proxy never does). So the require cache is given, under that
+// module's file name, a module that refuses, before undici's client is loaded. An https
+// upstream still loads `node:tls` when undici first connects to it.
+const h2File = load.resolve('undici/lib/dispatcher/client-h2.js');
+const h2Refusal = new Module(h2File);
+h2Refusal.filename = h2File;
+h2Refusal.loaded = true;
+h2Refusal.exports = function connectH2(): never {
+  throw new Error('HTTP/2 was negotiated with an upstream; m2m-proxy speaks HTTP/1.1 only');
+};
+load.cache[h2File] = h2Refusal;
 
 // What undici's main entry does: the request API (`dispatcher.request`, ...) on every dispatcher.
 const { prototype } = load('undici/lib/dispatcher/dispatcher') as { prototype: object };

@@ -5,7 +5,7 @@ export interface Ctx {
   quick: boolean;
   /** `BENCH_CPU_PROF=1`: m2m-proxy runs with `--cpu-prof` (slower; figures not comparable). */
   cpuProf: boolean;
-  /** `dist/main.js` exists (`npm run build` has produced the proxy). */
+  /** `dist/m2m-proxy.cjs` exists (`npm run build` has produced the proxy). */
   m2mAvailable: boolean;
   /** The nginx version, or undefined when nginx is not installed. */
   nginx: string | undefined;

@@ -1,5 +1,5 @@
 /**
- * m2m-proxy as the bench runs it: the built CLI (`node dist/main.js --config FILE`) in a child
+ * m2m-proxy as the bench runs it: the built CLI (`node dist/m2m-proxy.cjs --config FILE`) in a child
  * process, with a configuration written to a temporary directory together with the credential
  * files, exactly as an operator would deploy it.
  */
@@ -16,13 +16,13 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { imageNodeFlags, imageRuntimeEnv } from '../../fixtures/node-flags.js';
+import { ENTRY, imageNodeFlags, imageRuntimeEnv } from '../../fixtures/node-flags.js';
 import { freePort } from '../../fixtures/process.js';
 import { stopProcess, waitForHttp } from './processes.js';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 /** The proxy's entry point; `BENCH_M2M` benchmarks another build (e.g. a release's). */
-export const mainJs = process.env.BENCH_M2M ?? join(repoRoot, 'dist', 'main.js');
+export const mainJs = process.env.BENCH_M2M ?? join(repoRoot, ENTRY);
 export const profDir = join(repoRoot, 'bench', 'results', 'prof');
 
 /** The parts of the configuration a run varies; everything else is fixed below. */

@@ -54,7 +54,7 @@ export async function runOverhead(
   const nginx = ctx.nginx ? await Nginx.start(upstream.port) : undefined;
   if (!ctx.nginx) skipped.push('nginx: not installed (/usr/sbin/nginx absent) — skipped');
   if (!ctx.m2mAvailable)
-    skipped.push('m2m-proxy: dist/main.js absent (run npm run build) — skipped');
+    skipped.push('m2m-proxy: dist/m2m-proxy.cjs absent (run npm run build) — skipped');
   for (const line of skipped) ctx.log(`  ${line}`);
 
   const result: OverheadResult = {

@@ -6,7 +6,7 @@
  * Targets are interleaved round by round and each ratio is the median of per-round ratios to
  * "off" in the same round. Idle RSS: a fresh proxy per variant, 20 requests, then idle.
  *
- * `BENCH_M2M_BASE=path/to/dist/main.js` adds the build before tracing existed ("before") to
+ * `BENCH_M2M_BASE=path/to/dist/m2m-proxy.cjs` adds the build before tracing existed ("before") to
  * both comparisons: tracing off must cost nothing against it.
  */
 
@@ -97,7 +97,7 @@ export async function runTelemetry(
   tokenEndpoint: ServerChild,
 ): Promise<{ result?: TelemetryResult; checks: TargetCheck[] }> {
   if (!ctx.m2mAvailable) {
-    ctx.log('  m2m-proxy: dist/main.js absent (run npm run build) — skipped');
+    ctx.log('  m2m-proxy: dist/m2m-proxy.cjs absent (run npm run build) — skipped');
     return { checks: [] };
   }
   const seconds = pick(ctx, 2, 1);

@@ -2,8 +2,9 @@
  * Longer than the project's ~300 lines on purpose: every metric name, label and help text in one
  * file (docs/metrics.md lists them; a test compares the two), which is the point of the file.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
 import { PROXY_ERRORS } from '../proxy/errors.js';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from './prom-client.js';
 
 /**
  * Every metric m2m-proxy exports, registered on one injected `Registry`. The names and labels of
@@ -121,7 +122,7 @@ export class Metrics {
       registers,
     });
     this.buildInfo.set({ version: options.version ?? 'unknown', node: process.versions.node }, 1);
-    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+    if (options.defaultMetrics !== false) collectDefaultMetrics(registry);
   }
 }
 

@@ -11,6 +11,7 @@ import {
 } from 'dockerfile-ast';
 import { validate } from 'dockerfile-utils';
 import { describe, expect, it } from 'vitest';
+import { ENTRY } from '../../fixtures/node-flags.js';
 import { ROOT } from './renderer.js';
 
 /**
@@ -78,13 +79,13 @@ describe('Dockerfile', () => {
     if (group !== undefined) expect(group).toMatch(/^\d+$/);
   });
 
-  it('starts node on dist/main.js with an exec-form ENTRYPOINT', () => {
+  it('starts node on the bundle with an exec-form ENTRYPOINT', () => {
     const entrypoints = keyword(runtime, 'ENTRYPOINT') as Entrypoint[];
     expect(entrypoints).toHaveLength(1);
     const json = (entrypoints[0] as JSONInstruction).getJSONStrings().map((s) => s.getJSONValue());
     expect(json.length).toBeGreaterThan(0);
     expect(json[0]).toMatch(/(^|\/)node$/);
-    expect(json.at(-1)).toBe('dist/main.js');
+    expect(json.at(-1)).toBe(ENTRY);
   });
 
   it('exposes the proxy and admin ports', () => {

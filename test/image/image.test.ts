@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
-import { imageNodeFlags, imageRuntimeEnv } from '../../fixtures/node-flags.js';
+import { ENTRY, imageNodeFlags, imageRuntimeEnv } from '../../fixtures/node-flags.js';
 import { freePort, repoRoot, scanForSecrets } from '../../fixtures/process.js';
 import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
 
@@ -262,7 +262,7 @@ describe('the image', () => {
     }
     expect(/^NoNewPrivs:\s+(\d)$/m.exec(status)?.[1]).toBe('1');
     const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
-    expect(cmdline).toContain('dist/main.js');
+    expect(cmdline).toContain(ENTRY);
     // The memory settings the footprint figures were measured with are the ones it runs with.
     const flags = imageNodeFlags(DOCKERFILE, 'node');
     expect(flags.length).toBeGreaterThan(0);

@@ -6,11 +6,11 @@ import type { UpstreamRequest } from '../../fixtures/upstream.js';
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from '../support/otlp.js';
 import { CLIENT_ID, startWorld, type World } from './world.js';
 
-/** Makes the child report every @opentelemetry ES module it resolves, on stderr. */
+/** Makes the child report every file of an @opentelemetry package it loads, on stderr. */
 const REPORT_OTEL_LOADS = {
-  NODE_OPTIONS: `--import ${repoRoot}test/support/load-hooks/register.mjs`,
+  NODE_OPTIONS: `--require ${repoRoot}test/support/report-otel-loads.cjs`,
 };
-const otelLoads = (world: World) => world.proxy.stderr.filter((l) => l.startsWith('esm-loaded '));
+const otelLoads = (world: World) => world.proxy.stderr.filter((l) => l.startsWith('otel-loaded '));
 
 /** A value only ever sent in query strings: it must reach no span, no log line. */
 const QUERY_SECRET = 'qs-apikey-Hj7w2Lp9Xv4c';

@@ -16,7 +16,7 @@ function dockerfile(text: string): string {
 describe('the image settings the tests and the bench run the proxy with', () => {
   it('takes the ENTRYPOINT flags this node accepts and leaves out the ones it refuses', () => {
     const file = dockerfile(
-      'FROM x\nENTRYPOINT ["/nodejs/bin/node", "--max-semi-space-size=1", "--no-such-v8-flag-m2m", "dist/main.js"]\n',
+      'FROM x\nENTRYPOINT ["/nodejs/bin/node", "--max-semi-space-size=1", "--no-such-v8-flag-m2m", "dist/m2m-proxy.cjs"]\n',
     );
     expect(imageNodeFlags(file)).toEqual(['--max-semi-space-size=1']);
   });
@@ -25,19 +25,19 @@ describe('the image settings the tests and the bench run the proxy with', () => 
     expect(imageNodeFlags()).toContain('--max-semi-space-size=1');
   });
 
-  it('refuses a Dockerfile whose ENTRYPOINT does not run dist/main.js', () => {
+  it('refuses a Dockerfile whose ENTRYPOINT does not run the bundle', () => {
     const file = dockerfile('FROM x\nENTRYPOINT ["/nodejs/bin/node", "other.js"]\n');
-    expect(() => imageNodeFlags(file)).toThrow(/does not run dist\/main\.js/);
+    expect(() => imageNodeFlags(file)).toThrow(/does not run dist\/m2m-proxy\.cjs/);
   });
 
   it('takes the C library settings from ENV, across continuation lines, and nothing else', () => {
     const file = dockerfile(
-      'FROM x\nENV NODE_ENV=production \\\n    MALLOC_ARENA_MAX=2 \\\n    GLIBC_TUNABLES="glibc.malloc.trim_threshold=1"\nENTRYPOINT ["node", "dist/main.js"]\n',
+      'FROM x\nENV NODE_ENV=production \\\n    MALLOC_ARENA_MAX=2 \\\n    GLIBC_TUNABLES="glibc.malloc.trim_threshold=1"\nENTRYPOINT ["node", "dist/m2m-proxy.cjs"]\n',
     );
     expect(imageRuntimeEnv(file)).toEqual({
       MALLOC_ARENA_MAX: '2',
       GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=1',
     });
-    expect(imageRuntimeEnv()).toEqual({ MALLOC_ARENA_MAX: '2' });
+    expect(imageRuntimeEnv()).toEqual({ MALLOC_ARENA_MAX: '2', MALLOC_TRIM_THRESHOLD_: '131072' });
   });
 });

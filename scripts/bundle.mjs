@@ -1,0 +1,33 @@
+/**
+ * `npm run build`, second step: bundles what tsc wrote to dist/ into one minified CommonJS file,
+ * dist/m2m-proxy.cjs, which the image, the tests and the bench run. One file without comments or
+ * whitespace keeps less JavaScript source in V8's heap for the life of the process, and a
+ * CommonJS entry does not start Node's ES module loader: ≈ 2 MB less resident memory on Node 24
+ * (docs/benchmarks.md, "Memory footprint"). Function and class names are kept, so that stack
+ * traces stay readable; dist/m2m-proxy.cjs.map maps them back to src/.
+ *
+ * Left outside the bundle, loaded from node_modules at run time:
+ * - undici and prom-client: src/undici.ts and src/metrics/prom-client.ts load single modules of
+ *   them with `createRequire`, which a bundler does not follow;
+ * - the packages of features that are loaded only when configured: jose (private_key_jwt),
+ *   ioredis (the shared budget) and OpenTelemetry (tracing).
+ */
+import { build } from 'esbuild';
+
+await build({
+  entryPoints: ['dist/main.js'],
+  outfile: 'dist/m2m-proxy.cjs',
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20.19',
+  minify: true,
+  keepNames: true,
+  sourcemap: true,
+  sourcesContent: false,
+  external: ['jose', 'ioredis', '@opentelemetry/*'],
+  // `import.meta.url` (createRequire, package.json) is the bundle's own file URL.
+  define: { 'import.meta.url': 'importMetaUrl' },
+  banner: { js: "const importMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
+  logLevel: 'warning',
+});
