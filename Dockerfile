@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # m2m-proxy image: two stages.
-#   build   – installs every dependency from the lockfile, compiles TypeScript, then drops the
-#             devDependencies so only production packages are left to copy.
+#   build   – installs every dependency from the lockfile, compiles TypeScript and bundles it
+#             (scripts/bundle.mjs), then drops the devDependencies so only production packages
+#             are left to copy.
 #   runtime – distroless Node.js 24: no shell, no package manager, runs as 65532 ("nonroot").
 #             Nothing is written at run time, so it runs with readOnlyRootFilesystem: true.
 #
@@ -17,6 +18,7 @@ COPY package.json package-lock.json .npmrc ./
 # --ignore-scripts: no production dependency needs an install script, and tsc needs none either.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle.mjs ./scripts/bundle.mjs
 COPY src ./src
 RUN npm run build && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 

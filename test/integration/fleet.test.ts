@@ -16,7 +16,7 @@ import { startUpstream, type Upstream, type UpstreamRequest } from '../../fixtur
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
 import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
 
-// A fleet of REAL proxy processes (dist/main.js) sharing one budget in a real redis-server with
+// A fleet of REAL proxy processes (dist/m2m-proxy.cjs) sharing one budget in a real redis-server with
 // a password, in front of one upstream that records when each request arrived (docs/fleet.md).
 //
 // Two records are checked. The budget's own: the start times reserved in Redis (server time,
