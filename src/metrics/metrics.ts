@@ -2,7 +2,6 @@
  * Longer than the project's ~300 lines on purpose: every metric name, label and help text in one
  * file (docs/metrics.md lists them; a test compares the two), which is the point of the file.
  */
-
 import { PROXY_ERRORS } from '../proxy/errors.js';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from './prom-client.js';
 
