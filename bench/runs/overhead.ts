@@ -38,6 +38,12 @@ interface Target {
 }
 
 const CONNECTIONS = 50;
+/**
+ * Load before the rounds, per target. The image lets V8 optimise a function only after 30,000
+ * calls (its tiering flags, docs/benchmarks.md "Memory footprint"): at ≈ 10,000 requests per
+ * second m2m-proxy reaches full speed after a few seconds, and the rounds measure it there.
+ */
+const WARM_UP_SECONDS = 8;
 const body1k = Buffer.alloc(1024, 'x');
 
 export async function runOverhead(
@@ -94,7 +100,7 @@ export async function runOverhead(
         });
       try {
         ctx.log(`  ${method}: warm-up`);
-        for (const t of targets) await run(t, pick(ctx, 2, 1));
+        for (const t of targets) await run(t, pick(ctx, WARM_UP_SECONDS, 1));
         const byTarget = new Map<string, LoadResult[]>(targets.map((t) => [t.name, []]));
         for (let r = 0; r < ctx.rounds; r++) {
           const line: string[] = [];
