@@ -71,6 +71,23 @@ function makeHandler() {
   return { handler, tokens, pacer, upstream, metrics, log, replay };
 }
 
+/**
+ * A POST that declares 100 bytes, sends 10 and stays open: resolves once the handler is reading
+ * it (the replay budget holds the declared length).
+ */
+async function sendStalledBody(
+  t: ReturnType<typeof makeHandler>,
+): Promise<ReturnType<typeof send>> {
+  const c = send(server.port, {
+    method: 'POST',
+    headers: { 'content-length': '100' },
+    body: ['0123456789'],
+    keepOpen: true,
+  });
+  await until(() => t.replay.held === 100, 'the body read to begin');
+  return c;
+}
+
 const errorCode = (body: string): unknown => (JSON.parse(body) as { error?: unknown }).error;
 
 beforeAll(async () => {
@@ -213,13 +230,7 @@ describe('ProxyHandler: bodies', () => {
 describe('ProxyHandler: the client leaves', () => {
   it('during the body read: nothing is queued or sent, the replay budget is released, no answer is tried', async () => {
     const t = makeHandler();
-    const c = send(server.port, {
-      method: 'POST',
-      headers: { 'content-length': '100' },
-      body: ['0123456789'],
-      keepOpen: true,
-    });
-    await until(() => t.replay.held === 100, 'the body read to begin');
+    const c = await sendStalledBody(t);
     c.abort();
     await until(() => t.handler.inFlight === 0, 'the request to end');
     await c.result;
@@ -277,13 +288,7 @@ describe('ProxyHandler: the client leaves', () => {
 describe('ProxyHandler: a slow body and a failing pacer', () => {
   it('answers 408 request_timeout to a kept body that does not arrive within limits.bodyTimeout', async () => {
     const t = makeHandler();
-    const c = send(server.port, {
-      method: 'POST',
-      headers: { 'content-length': '100' },
-      body: ['0123456789'],
-      keepOpen: true,
-    });
-    await until(() => t.replay.held === 100, 'the body read to begin');
+    const c = await sendStalledBody(t);
     await vi.advanceTimersByTimeAsync(LIMITS.bodyTimeout - 1);
     expect(server.responses[0]?.headersSent).toBe(false);
     await vi.advanceTimersByTimeAsync(1);
