@@ -1,5 +1,5 @@
 import { Registry } from 'prom-client';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
 import { SharedBudgetMetrics } from '../../../src/metrics/metrics.js';
 import { FallbackSlotStore } from '../../../src/pacing/fallback-slot-store.js';
@@ -7,16 +7,9 @@ import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import type { SharedSlotStore } from '../../../src/pacing/redis-slot-store.js';
 import { type Grant, PROBE_MAX_DELAY_MS, type Reservation } from '../../../src/pacing/types.js';
 import { logSink } from '../../support/log-sink.js';
-import { flush } from './helpers.js';
+import { flush, useFakeTimeFromT0 } from './helpers.js';
 
-const T0 = 1_700_000_000_000;
-
-beforeEach(() => {
-  vi.useFakeTimers({ now: T0 });
-});
-afterEach(() => {
-  vi.useRealTimers();
-});
+useFakeTimeFromT0();
 
 /**
  * The fleet's store as the fallback sees it: grants at once with a handle each while up, judges

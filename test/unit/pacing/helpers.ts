@@ -1,4 +1,5 @@
 import { Registry } from 'prom-client';
+import { afterEach, beforeEach, vi } from 'vitest';
 import { type Clock, systemClock } from '../../../src/clock.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
@@ -110,4 +111,17 @@ export async function metricValue(metrics: Metrics, name: string): Promise<numbe
     return values.find((v) => v.metricName === `${name}_count`)?.value;
   }
   return values[0]?.value;
+}
+
+/** Where the tests' fake clock starts: a plausible wall-clock time (ms since the epoch). */
+export const T0 = 1_700_000_000_000;
+
+/** Fake timers starting at {@link T0} for every test of the file that calls this. */
+export function useFakeTimeFromT0(): void {
+  beforeEach(() => {
+    vi.useFakeTimers({ now: T0 });
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
 }

@@ -1,16 +1,10 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
 import { LocalSlotStore, slotLimits } from '../../../src/pacing/local-slot-store.js';
 import { type Grant, PROBE_MAX_DELAY_MS } from '../../../src/pacing/types.js';
+import { useFakeTimeFromT0 } from './helpers.js';
 
-const T0 = 1_700_000_000_000;
-
-beforeEach(() => {
-  vi.useFakeTimers({ now: T0 });
-});
-afterEach(() => {
-  vi.useRealTimers();
-});
+useFakeTimeFromT0();
 
 const store = (perSecond: number, burst: number, windowMax = 0, windowMs = 1000) =>
   new LocalSlotStore({ perSecond, burst, windowMax, windowMs, clock: systemClock });

@@ -1,24 +1,16 @@
 import { Registry } from 'prom-client';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { sleep, systemClock } from '../../../src/clock.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import type { Reservation, SlotStore } from '../../../src/pacing/types.js';
-import { track } from './helpers.js';
+import { T0, track, useFakeTimeFromT0 } from './helpers.js';
 
 // A store that takes a while to answer (the fleet's store waits until a slot is nearly due before
 // Redis grants it): the pacer must stop it when the waiting head leaves, so that it neither keeps
 // asking nor takes a slot nobody will use.
 
-const T0 = 1_700_000_000_000;
-
-beforeEach(() => {
-  vi.useFakeTimers({ now: T0 });
-});
-
-afterEach(() => {
-  vi.useRealTimers();
-});
+useFakeTimeFromT0();
 
 /**
  * Answers a reservation after `waitMs` (on the fake clock) with a slot due now, or rejects with

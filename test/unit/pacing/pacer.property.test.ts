@@ -1,10 +1,9 @@
 import fc from 'fast-check';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { setup, type Tracked, track } from './helpers.js';
+import { setup, T0, type Tracked, track } from './helpers.js';
 
 // Realistic epoch milliseconds. The test's own arithmetic on them has ~2.4e-4 ms of float
 // precision per operation, hence EPS (0.01 ms: far below the 1 ms timer granularity).
-const T0 = 1_700_000_000_000;
 const EPS = 1e-2;
 
 interface Case {

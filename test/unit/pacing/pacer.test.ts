@@ -1,5 +1,5 @@
 import { Registry } from 'prom-client';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { RateLimitedError } from '../../../src/pacing/errors.js';
@@ -8,17 +8,11 @@ import { createPacer } from '../../../src/pacing/pacer.js';
 import { PassThroughPacer } from '../../../src/pacing/pass-through-pacer.js';
 import { ON_WIRE_WAIT_MAX_MS, QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import { ProxyError, toProxyError } from '../../../src/proxy/errors.js';
-import { flush, metricValue, setup, track } from './helpers.js';
+import { flush, metricValue, setup, T0, track, useFakeTimeFromT0 } from './helpers.js';
 
-const T0 = 1_700_000_000_000;
 const FOREVER = Number.POSITIVE_INFINITY;
 
-beforeEach(() => {
-  vi.useFakeTimers({ now: T0 });
-});
-afterEach(() => {
-  vi.useRealTimers();
-});
+useFakeTimeFromT0();
 
 /** Asserts `error` is `rate_limited` (as the proxy answers it) and returns its Retry-After. */
 function retryAfterOf(error: unknown): number {

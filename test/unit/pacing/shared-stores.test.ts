@@ -1,22 +1,16 @@
 import { Registry } from 'prom-client';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { systemClock } from '../../../src/clock.js';
 import { Metrics } from '../../../src/metrics/metrics.js';
 import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import { QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import { sharing } from '../../../src/pacing/shared-stores.js';
 import type { Grant, Reservation, SlotStore } from '../../../src/pacing/types.js';
-import { flush, metricValue, track } from './helpers.js';
+import { flush, metricValue, track, useFakeTimeFromT0 } from './helpers.js';
 
-const T0 = 1_700_000_000_000;
 const FOREVER = Number.POSITIVE_INFINITY;
 
-beforeEach(() => {
-  vi.useFakeTimers({ now: T0 });
-});
-afterEach(() => {
-  vi.useRealTimers();
-});
+useFakeTimeFromT0();
 
 /**
  * A shared store as the fleet's behaves towards its pacers: a local record (100 ms apart, a
