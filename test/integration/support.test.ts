@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { decodeJwt } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -9,7 +11,7 @@ import {
   requestToken,
   startIdp,
 } from '../../fixtures/idp.js';
-import { freePort, scanForSecrets } from '../../fixtures/process.js';
+import { freePort, listen, scanForSecrets } from '../../fixtures/process.js';
 import { pseudoRandomSha256, startUpstream, type Upstream } from '../../fixtures/upstream.js';
 
 const BASIC = { clientId: 'basic-app', secret: 'basic-secret-0123456789' };
@@ -332,10 +334,23 @@ describe('upstream WAF emulation', () => {
 });
 
 describe('process helpers', () => {
-  it('finds a free port', async () => {
-    const port = await freePort();
-    expect(port).toBeGreaterThan(0);
-    expect(port).toBeLessThan(65536);
+  it('hands out distinct free ports below the ephemeral range, skipping one in use', async () => {
+    const [ephemeralLow] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    const first = await freePort();
+    // Hold the port that would come next: freePort must step over it.
+    const held = createServer();
+    await listen(held, first + 1, '127.0.0.1');
+    try {
+      const ports = [first, await freePort(), await freePort(), await freePort()];
+      expect(new Set(ports).size).toBe(ports.length);
+      expect(ports).not.toContain(first + 1);
+      for (const port of ports) expect(port).toBeLessThan(ephemeralLow as number);
+    } finally {
+      await new Promise((resolve) => held.close(resolve));
+    }
   });
 
   it('scanForSecrets finds a secret in plain and base64(id:secret) form', () => {
