@@ -116,6 +116,9 @@ export async function metricValue(metrics: Metrics, name: string): Promise<numbe
 /** Where the tests' fake clock starts: a plausible wall-clock time (ms since the epoch). */
 export const T0 = 1_700_000_000_000;
 
+/** A deadline that never comes: the request waits as long as the pacer makes it. */
+export const FOREVER = Number.POSITIVE_INFINITY;
+
 /** Fake timers starting at {@link T0} for every test of the file that calls this. */
 export function useFakeTimeFromT0(): void {
   beforeEach(() => {

@@ -4,15 +4,13 @@ import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import { QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import type { Reservation, SlotStore } from '../../../src/pacing/types.js';
 import { answerOf, metric, routeMetrics, useFakeTime } from '../fakes.js';
-import { flush, type Tracked, track } from './helpers.js';
+import { FOREVER, flush, type Tracked, track } from './helpers.js';
 
 /**
  * A `QueuePacer` whose `SlotStore` fails (a bug in a store, or a store that lost its backend
  * without a fallback): every request still gets an answer, the queue goes on serving the
  * others, and no request is lost or started without a reservation.
  */
-
-const FOREVER = Number.MAX_SAFE_INTEGER;
 
 /** A store in this process that fails the reservations the test asks it to, in either way. */
 class FailingStore implements SlotStore {

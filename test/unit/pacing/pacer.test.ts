@@ -8,9 +8,7 @@ import { createPacer } from '../../../src/pacing/pacer.js';
 import { PassThroughPacer } from '../../../src/pacing/pass-through-pacer.js';
 import { ON_WIRE_WAIT_MAX_MS, QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import { ProxyError, toProxyError } from '../../../src/proxy/errors.js';
-import { flush, metricValue, setup, T0, track, useFakeTimeFromT0 } from './helpers.js';
-
-const FOREVER = Number.POSITIVE_INFINITY;
+import { FOREVER, flush, metricValue, setup, T0, track, useFakeTimeFromT0 } from './helpers.js';
 
 useFakeTimeFromT0();
 
