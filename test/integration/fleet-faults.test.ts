@@ -1,19 +1,10 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WireCapture } from '../../fixtures/capture.js';
-import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
-import {
-  type ProxyProcess,
-  scanForSecrets,
-  startProxy,
-  type TempDir,
-  tempDir,
-} from '../../fixtures/process.js';
-import { type RedisServer, startRedis } from '../../fixtures/redis.js';
+import { type ProxyProcess, startProxy } from '../../fixtures/process.js';
 import { runStalledFleet } from '../../fixtures/stalls.js';
 import { maxInSliding, ratePerSecond } from '../../fixtures/starts.js';
-import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
-import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
+import { type FleetWorld, startFleetWorld } from './world.js';
 
 // Faults of a real fleet: real proxy processes frozen with SIGSTOP at random moments while the
 // fleet is saturated, and a Redis killed under N replicas. Arrivals are taken on the wire
@@ -22,44 +13,11 @@ import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
 // fleet.test.ts, a sliding second is counted over 50 ms less.
 const HANDLER_JITTER_MS = 50;
 
-const redisPassword = `redis-pw-${randomBytes(16).toString('hex')}`;
-let redis: RedisServer;
-let idp: Idp;
-let api: Upstream;
-let dir: TempDir;
-let passwordFile: string;
-let authorizationFile: string;
-const proxies: ProxyProcess[] = [];
-
+let world: FleetWorld;
 beforeAll(async () => {
-  [redis, idp, dir] = await Promise.all([
-    startRedis({ password: redisPassword }),
-    startIdp({
-      clients: [makeSecretClient(CLIENT_ID, CLIENT_SECRET, 'client_secret_basic')],
-      accessTokenTTL: 300,
-    }),
-    tempDir('m2m-fleet-faults-'),
-  ]);
-  api = await startUpstream({ issuer: idp.issuer, audience: idp.audience, basePath: '/api/v1' });
-  passwordFile = await dir.write('redis-password', `${redisPassword}\n`);
-  const basic = Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64');
-  authorizationFile = await dir.write('authorization', `Basic ${basic}\n`);
+  world = await startFleetWorld('m2m-fleet-faults-');
 });
-
-afterAll(async () => {
-  for (const proxy of proxies) proxy.kill();
-  await Promise.all(proxies.map((p) => p.exited));
-  await Promise.all([api?.close(), idp?.close(), redis?.stop()]);
-  await dir?.remove();
-  const output = proxies.flatMap((p) => [...p.stdout, ...p.stderr]).join('\n');
-  const tokens = api.requests.map((r) => r.token).filter((t): t is string => (t?.length ?? 0) > 20);
-  scanForSecrets(output, [CLIENT_SECRET, redisPassword, ...new Set(tokens)], {
-    clientIds: [CLIENT_ID],
-  });
-});
-
-const makeConfig = (overrides: Record<string, Record<string, unknown>>) =>
-  proxyConfig(idp, api, 'client_secret_basic', { authorizationFile }, overrides);
+afterAll(() => world?.close());
 
 async function metric(proxy: ProxyProcess, name: string): Promise<number> {
   const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
@@ -80,13 +38,13 @@ describe('a fleet of real proxy processes under faults', () => {
     const seed = Date.now() % 100_000;
     const perSecond = 6;
     const r = await runStalledFleet({
-      idp,
-      api,
-      redisUrl: redis.url,
-      redisPassword,
-      passwordFile,
-      authorizationFile,
-      makeConfig,
+      idp: world.idp,
+      api: world.api,
+      redisUrl: world.redis.url,
+      redisPassword: world.redisPassword,
+      passwordFile: world.passwordFile,
+      authorizationFile: world.authorizationFile,
+      makeConfig: world.config,
       key: `faults:stall:${randomUUID()}`,
       replicas: 6,
       perReplica: 15,
@@ -95,7 +53,7 @@ describe('a fleet of real proxy processes under faults', () => {
       everyMs: 1500,
       seed,
     });
-    proxies.push(...r.proxies);
+    world.proxies.push(...r.proxies);
     const summary = `seed ${seed}, on the ${r.measuredAt}: max ${r.maxInAnySecond} per sliding second, min gap ${r.minGapMs.toFixed(1)} ms, ${(r.achievedShare * 100).toFixed(1)} % of the budget, ${r.freezes} freezes, ${r.forfeits} slots forfeited, ${r.reclaimed} given back`;
     console.info(`stalled fleet: ${summary}`);
     expect(r.statuses, summary).toEqual(Array(90).fill(200));
@@ -122,7 +80,7 @@ describe('a fleet of real proxy processes under faults', () => {
       [0, 1, 2].map(async () =>
         startProxy({
           readyTimeoutMs: 30_000,
-          config: await makeConfig({
+          config: await world.config({
             log: { level: 'info' },
             rateLimit: {
               perSecond,
@@ -130,13 +88,13 @@ describe('a fleet of real proxy processes under faults', () => {
               window: { max: 0 },
               queue: { max: 1000, timeout: '60s' },
               // No `fallback`: each takes 1 / the replicas it last saw on the key.
-              shared: { redis: redis.url, passwordFile, key },
+              shared: { redis: world.redis.url, passwordFile: world.passwordFile, key },
             },
           }),
         }),
       ),
     );
-    proxies.push(...fleet);
+    world.proxies.push(...fleet);
     // Each has announced itself and seen the others (early heartbeats are 200 ms apart).
     await Promise.all(
       fleet.map((p) =>
@@ -147,8 +105,8 @@ describe('a fleet of real proxy processes under faults', () => {
       expect(await metric(p, 'm2m_proxy_shared_budget_fallback_share')).toBeCloseTo(1 / 3);
     }
     const tag = `down-${randomUUID()}`;
-    const wire = await WireCapture.start(api.port);
-    const from = api.requests.length;
+    const wire = await WireCapture.start(world.api.port);
+    const from = world.api.requests.length;
     const load = Promise.all(
       fleet.flatMap((p, r) =>
         Array.from({ length: 16 }, (_, i) =>
@@ -168,21 +126,21 @@ describe('a fleet of real proxy processes under faults', () => {
     const before = fleet.map((p) => p.logs.length);
     const downLine = (p: ProxyProcess, i: number) =>
       p.logs.slice(before[i]).find((l) => l.event === 'shared_budget_down');
-    process.kill(redis.pid, 'SIGKILL');
+    process.kill(world.redis.pid, 'SIGKILL');
     const killedAt = performance.now();
     try {
       await Promise.all(fleet.map((p, i) => until(async () => downLine(p, i) !== undefined, 5000)));
       const statuses = await load;
       expect(statuses).toEqual(Array(48).fill(200));
     } finally {
-      await redis.restart();
+      await world.redis.restart();
     }
     for (const [i, p] of fleet.entries()) {
       const down = downLine(p, i);
       expect(down, JSON.stringify(down)).toMatchObject({ replicas: 3 });
       expect(down?.share).toBeCloseTo(1 / 3);
     }
-    const handler = api.requests
+    const handler = world.api.requests
       .slice(from)
       .filter((r) => r.path.includes(`/${tag}/`))
       .map((r) => r.at)
@@ -199,7 +157,7 @@ describe('a fleet of real proxy processes under faults', () => {
     // of starts at the edges and read above the sum.
     const downTimes = handler.filter((t) => t > killedAt + 1200);
     const perReplica = (r: number) =>
-      api.requests
+      world.api.requests
         .slice(from)
         .filter((q) => q.path.includes(`/${tag}/${r}/`) && q.at > killedAt + 1200)
         .map((q) => q.at)
@@ -214,7 +172,7 @@ describe('a fleet of real proxy processes under faults', () => {
           0, 1, 2,
         ]
           .map((r) =>
-            api.requests
+            world.api.requests
               .slice(from)
               .filter((q) => q.path.includes(`/${tag}/${r}/`))
               .map((q) => (q.at - killedAt).toFixed(0))

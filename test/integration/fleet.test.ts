@@ -1,20 +1,12 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Idp, makeSecretClient, startIdp } from '../../fixtures/idp.js';
-import {
-  type ProxyProcess,
-  scanForSecrets,
-  startProxy,
-  type TempDir,
-  tempDir,
-} from '../../fixtures/process.js';
-import { type RedisServer, startRedis } from '../../fixtures/redis.js';
+import { type ProxyProcess, startProxy } from '../../fixtures/process.js';
 import { burst, until } from '../../fixtures/stalls.js';
 import { gaps, maxInSliding, median, ratePerSecond } from '../../fixtures/starts.js';
-import { startUpstream, type Upstream, type UpstreamRequest } from '../../fixtures/upstream.js';
+import type { UpstreamRequest } from '../../fixtures/upstream.js';
 import { reserveKeys } from '../../src/pacing/reserve-script.js';
-import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
+import { type FleetWorld, startFleetWorld } from './world.js';
 
 // A fleet of REAL proxy processes (dist/m2m-proxy.cjs) sharing one budget in a real redis-server with
 // a password, in front of one upstream that records when each request arrived (docs/fleet.md).
@@ -32,43 +24,11 @@ import { CLIENT_ID, CLIENT_SECRET, proxyConfig } from './world.js';
 // the exact limits.
 const JITTER_MS = 50;
 
-const redisPassword = `redis-pw-${randomBytes(16).toString('hex')}`;
-let redis: RedisServer;
-let idp: Idp;
-let api: Upstream;
-let dir: TempDir;
-let passwordFile: string;
-let authorizationFile: string;
-const proxies: ProxyProcess[] = [];
-
+let world: FleetWorld;
 beforeAll(async () => {
-  [redis, idp, dir] = await Promise.all([
-    startRedis({ password: redisPassword }),
-    startIdp({
-      clients: [makeSecretClient(CLIENT_ID, CLIENT_SECRET, 'client_secret_basic')],
-      accessTokenTTL: 300,
-    }),
-    tempDir('m2m-fleet-'),
-  ]);
-  api = await startUpstream({ issuer: idp.issuer, audience: idp.audience, basePath: '/api/v1' });
-  // As Kubernetes mounts secrets: with a trailing newline.
-  passwordFile = await dir.write('redis-password', `${redisPassword}\n`);
-  const basic = Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64');
-  authorizationFile = await dir.write('authorization', `Basic ${basic}\n`);
+  world = await startFleetWorld('m2m-fleet-');
 });
-
-afterAll(async () => {
-  for (const proxy of proxies) proxy.kill();
-  await Promise.all(proxies.map((p) => p.exited));
-  await Promise.all([api?.close(), idp?.close(), redis?.stop()]);
-  await dir?.remove();
-  // Nothing any replica printed may contain the client secret, the Redis password or a token.
-  const output = proxies.flatMap((p) => [...p.stdout, ...p.stderr]).join('\n');
-  const tokens = api.requests.map((r) => r.token).filter((t): t is string => (t?.length ?? 0) > 20);
-  scanForSecrets(output, [CLIENT_SECRET, redisPassword, ...new Set(tokens)], {
-    clientIds: [CLIENT_ID],
-  });
-});
+afterAll(() => world?.close());
 
 interface Limits {
   perSecond: number;
@@ -83,25 +43,19 @@ async function startFleet(key: string, count: number, limits: Limits): Promise<P
   const fleet = await Promise.all(
     Array.from({ length: count }, async () =>
       startProxy({
-        config: await proxyConfig(
-          idp,
-          api,
-          'client_secret_basic',
-          { authorizationFile },
-          {
-            // Not `debug`: a line per request costs the CPU that keeps the timers punctual.
-            log: { level: 'info' },
-            rateLimit: {
-              ...rate,
-              queue: { max: 1000, timeout: '30s' },
-              shared: { redis: redis.url, passwordFile, key, fallback },
-            },
+        config: await world.config({
+          // Not `debug`: a line per request costs the CPU that keeps the timers punctual.
+          log: { level: 'info' },
+          rateLimit: {
+            ...rate,
+            queue: { max: 1000, timeout: '30s' },
+            shared: { redis: world.redis.url, passwordFile: world.passwordFile, key, fallback },
           },
-        ),
+        }),
       }),
     ),
   );
-  proxies.push(...fleet);
+  world.proxies.push(...fleet);
   await Promise.all(
     fleet.map(async (proxy) => {
       // Start-up only (not what is measured): generous, since a full parallel suite on 2 cores can
@@ -116,7 +70,7 @@ async function startFleet(key: string, count: number, limits: Limits): Promise<P
     }),
   );
   // The warm-ups took slots; the measured run starts from an empty budget.
-  const admin = new Redis(redis.url, { password: redisPassword });
+  const admin = new Redis(world.redis.url, { password: world.redisPassword });
   try {
     await admin.del(...reserveKeys(key));
   } finally {
@@ -170,7 +124,7 @@ function sendBurst(targets: { proxy: ProxyProcess; tag: string }[], count: numbe
 
 /** Arrival times at the upstream (monotonic ms, ascending) of the requests under `tag`. */
 function arrivals(tag: string): number[] {
-  return api.requests
+  return world.api.requests
     .filter((r: UpstreamRequest) => r.path.startsWith(`/api/v1/${tag}/`))
     .map((r) => r.at)
     .sort((a, b) => a - b);
@@ -181,7 +135,7 @@ function arrivals(tag: string): number[] {
  * one window, so reading it every second while the fleet runs misses none (window ≥ 1 s).
  */
 function watchReservations(key: string): { stop(): Promise<number[]> } {
-  const client = new Redis(redis.url, { password: redisPassword });
+  const client = new Redis(world.redis.url, { password: world.redisPassword });
   const seen = new Map<string, number>();
   const read = async () => {
     const flat = await client.zrange(reserveKeys(key)[1], 0, -1, 'WITHSCORES');
@@ -316,7 +270,7 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     // unhandled rejection that hides it.
     load.catch(() => undefined);
     await new Promise((r) => setTimeout(r, 1500));
-    await redis.stop();
+    await world.redis.stop();
     await Promise.all(
       fleet.map((p) => p.waitForLog((l) => l.event === 'shared_budget_down', 3000)),
     );
@@ -324,7 +278,7 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
     for (const proxy of fleet) expect(await sharedBudgetUp(proxy)).toBe(0);
     await new Promise((r) => setTimeout(r, 3000));
     const restartAt = performance.now();
-    await redis.restart();
+    await world.redis.restart();
     await Promise.all(fleet.map((p) => p.waitForLog((l) => l.event === 'shared_budget_up', 5000)));
     const upAt = performance.now();
     for (const proxy of fleet) expect(await sharedBudgetUp(proxy)).toBe(1);
@@ -353,7 +307,7 @@ describe('one WAF budget for a fleet of proxy processes (real Redis)', () => {
       .sort((x, y) => x - y);
     expect(afterUp.length).toBeGreaterThanOrEqual(6);
     expect(maxInSliding(afterUp, 1000 - JITTER_MS)).toBeLessThanOrEqual(6);
-    const check = new Redis(redis.url, { password: redisPassword });
+    const check = new Redis(world.redis.url, { password: world.redisPassword });
     try {
       expect(await check.exists(reserveKeys(key)[0])).toBe(1);
     } finally {

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import {
   type ClientMetadata,
   type Idp,
@@ -13,6 +14,7 @@ import {
   type TempDir,
   tempDir,
 } from '../../fixtures/process.js';
+import { type RedisServer, startRedis } from '../../fixtures/redis.js';
 import { startUpstream, type Upstream } from '../../fixtures/upstream.js';
 
 /** The secret every test client uses; the output of every test is scanned for it. */
@@ -126,6 +128,78 @@ export async function startWorld(options: WorldOptions = {}): Promise<World> {
       await Promise.all([api.close(), idp.close()]);
       await dir.remove();
       scanForSecrets([...proxy.stdout, ...proxy.stderr].join('\n'), known, {
+        clientIds: [CLIENT_ID],
+      });
+    },
+  };
+}
+
+/**
+ * What a fleet of proxy processes shares: a real `redis-server` with a password, a real IdP and a
+ * token-verifying upstream. The replicas are started by each test (`config` gives one's
+ * configuration) and pushed on `proxies`, for `close` to stop.
+ */
+export interface FleetWorld {
+  redis: RedisServer;
+  redisPassword: string;
+  idp: Idp;
+  api: Upstream;
+  /** The Redis password, as Kubernetes mounts a secret: with a trailing newline. */
+  passwordFile: string;
+  /** The client's `Authorization: Basic` value, in a file. */
+  authorizationFile: string;
+  /** Every replica the test started. */
+  proxies: ProxyProcess[];
+  /** A replica's configuration (pacing off, `debug` log) with `overrides` merged over it. */
+  config(
+    overrides: Record<string, Record<string, unknown>>,
+  ): Promise<Record<string, Record<string, unknown>>>;
+  /**
+   * Kills every replica and stops the servers, then asserts that nothing any replica printed
+   * contains the client secret, the Redis password or a token.
+   */
+  close(): Promise<void>;
+}
+
+export async function startFleetWorld(prefix: string): Promise<FleetWorld> {
+  const redisPassword = `redis-pw-${randomBytes(16).toString('hex')}`;
+  const [redis, idp, dir] = await Promise.all([
+    startRedis({ password: redisPassword }),
+    startIdp({
+      clients: [makeSecretClient(CLIENT_ID, CLIENT_SECRET, 'client_secret_basic')],
+      accessTokenTTL: 300,
+    }),
+    tempDir(prefix),
+  ]);
+  const api = await startUpstream({
+    issuer: idp.issuer,
+    audience: idp.audience,
+    basePath: '/api/v1',
+  });
+  const passwordFile = await dir.write('redis-password', `${redisPassword}\n`);
+  const basic = Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64');
+  const authorizationFile = await dir.write('authorization', `Basic ${basic}\n`);
+  const proxies: ProxyProcess[] = [];
+  return {
+    redis,
+    redisPassword,
+    idp,
+    api,
+    passwordFile,
+    authorizationFile,
+    proxies,
+    config: (overrides) =>
+      proxyConfig(idp, api, 'client_secret_basic', { authorizationFile }, overrides),
+    async close() {
+      for (const proxy of proxies) proxy.kill();
+      await Promise.all(proxies.map((p) => p.exited));
+      await Promise.all([api.close(), idp.close(), redis.stop()]);
+      await dir.remove();
+      const output = proxies.flatMap((p) => [...p.stdout, ...p.stderr]).join('\n');
+      const tokens = api.requests
+        .map((r) => r.token)
+        .filter((t): t is string => (t?.length ?? 0) > 20);
+      scanForSecrets(output, [CLIENT_SECRET, redisPassword, ...new Set(tokens)], {
         clientIds: [CLIENT_ID],
       });
     },
