@@ -19,6 +19,7 @@ import {
   parseManifests,
   type RenderOptions,
   type RenderResult,
+  withRenderedNotes,
 } from './renderer.js';
 
 /**
@@ -577,26 +578,9 @@ describe.skipIf(!plan.available)(title, () => {
   });
 
   it('renders NOTES.txt with every route, its port and its upstream', () => {
-    // NOTES.txt is not rendered by `helm template`: wrap it in a template that emits it as data.
-    const chart = mkdtempSync(join(tmpdir(), 'm2m-proxy-notes-routes-'));
-    try {
-      cpSync(CHART_DIR, chart, { recursive: true });
-      const notes = readFileSync(join(CHART_DIR, 'templates/NOTES.txt'), 'utf8');
-      rmSync(join(chart, 'templates/NOTES.txt'));
-      writeFileSync(
-        join(chart, 'templates/_notes.tpl'),
-        `{{- define "test.notes" -}}\n${notes}{{- end -}}\n`,
-      );
-      writeFileSync(
-        join(chart, 'templates/notes.yaml'),
-        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "test.notes" . | toJson }}\n',
-      );
+    withRenderedNotes((chart, notes) => {
       const notesOf = (set: string[]) =>
-        (
-          parseManifests(renderChart(chart, { valuesFiles: [ROUTES_VALUES], set }).stdout).find(
-            (o) => o.metadata.name === 'notes',
-          ) as K8sObject
-        ).data?.notes as string;
+        notes(renderChart(chart, { valuesFiles: [ROUTES_VALUES], set }));
       const example = notesOf([]);
       expect(example).toContain('serves 2 routes');
       expect(example).toContain('billing: http://127.0.0.1:8081 -> https://billing.example.com/v2');
@@ -606,8 +590,6 @@ describe.skipIf(!plan.available)(title, () => {
       const injection = notesOf(['example.enabled=false', 'metricsService.enabled=false']);
       expect(injection).toContain('http://127.0.0.1:8082 instead of https://crm.example.com/api');
       expect(injection).not.toContain('<no value>');
-    } finally {
-      rmSync(chart, { recursive: true, force: true });
-    }
+    });
   });
 });

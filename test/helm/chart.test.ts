@@ -27,6 +27,7 @@ import {
   type RenderOptions,
   ROOT,
   render as renderWith,
+  withRenderedNotes,
 } from './renderer.js';
 
 const plan = findHelm();
@@ -715,26 +716,9 @@ describe.skipIf(!plan.available)(title, () => {
   });
 
   it('renders NOTES.txt for the example and for sidecar injection', () => {
-    // NOTES.txt is not rendered by `helm template`: wrap it in a template that emits it as data.
-    const chart = mkdtempSync(join(tmpdir(), 'm2m-proxy-notes-'));
-    try {
-      cpSync(CHART_DIR, chart, { recursive: true });
-      const notes = readFileSync(join(CHART_DIR, 'templates/NOTES.txt'), 'utf8');
-      rmSync(join(chart, 'templates/NOTES.txt'));
-      writeFileSync(
-        join(chart, 'templates/_notes.tpl'),
-        `{{- define "test.notes" -}}\n${notes}{{- end -}}\n`,
-      );
-      writeFileSync(
-        join(chart, 'templates/notes.yaml'),
-        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "test.notes" . | toJson }}\n',
-      );
+    withRenderedNotes((chart, notes) => {
       const notesOf = (file: string) =>
-        (
-          parseManifests(renderWith(bin, chart, { valuesFiles: [join(CI_DIR, file)] }).stdout).find(
-            (o) => o.metadata.name === 'notes',
-          ) as K8sObject
-        ).data?.notes as string;
+        notes(renderWith(bin, chart, { valuesFiles: [join(CI_DIR, file)] }));
       const example = notesOf('native-sidecar-values.yaml');
       expect(example).toContain('logs deploy/release-name-m2m-proxy-example -c app');
       expect(example).toContain('https://api.example.com/api/v1');
@@ -742,8 +726,6 @@ describe.skipIf(!plan.available)(title, () => {
       expect(injection).toContain('{{- include "m2m-proxy.nativeSidecar" . | nindent 6 }}');
       expect(injection).toContain('http://127.0.0.1:8080');
       expect(injection).not.toContain('<no value>');
-    } finally {
-      rmSync(chart, { recursive: true, force: true });
-    }
+    });
   });
 });

@@ -1,5 +1,15 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inflateRawSync } from 'node:zlib';
@@ -196,4 +206,34 @@ export function mergeValues(base: unknown, override: unknown): unknown {
 /** A YAML/JSON mapping (not an array, not null). */
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Runs `test` on a copy of the chart whose NOTES.txt is rendered as data: `helm template` does
+ * not render NOTES.txt, so the copy wraps it in a template that a ConfigMap named `notes`
+ * emits. `notesOf` reads the notes back from a render of that copy.
+ */
+export function withRenderedNotes(
+  test: (chart: string, notesOf: (rendered: RenderResult) => string) => void,
+): void {
+  const chart = mkdtempSync(join(tmpdir(), 'm2m-proxy-notes-'));
+  try {
+    cpSync(CHART_DIR, chart, { recursive: true });
+    const notes = readFileSync(join(CHART_DIR, 'templates/NOTES.txt'), 'utf8');
+    rmSync(join(chart, 'templates/NOTES.txt'));
+    writeFileSync(
+      join(chart, 'templates/_notes.tpl'),
+      `{{- define "test.notes" -}}\n${notes}{{- end -}}\n`,
+    );
+    writeFileSync(
+      join(chart, 'templates/notes.yaml'),
+      'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "test.notes" . | toJson }}\n',
+    );
+    test(chart, (rendered) => {
+      const map = parseManifests(rendered.stdout).find((o) => o.metadata.name === 'notes');
+      return map?.data?.notes as string;
+    });
+  } finally {
+    rmSync(chart, { recursive: true, force: true });
+  }
 }
