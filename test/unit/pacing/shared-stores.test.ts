@@ -6,9 +6,7 @@ import { LocalSlotStore } from '../../../src/pacing/local-slot-store.js';
 import { QueuePacer } from '../../../src/pacing/queue-pacer.js';
 import { sharing } from '../../../src/pacing/shared-stores.js';
 import type { Grant, Reservation, SlotStore } from '../../../src/pacing/types.js';
-import { flush, metricValue, track, useFakeTimeFromT0 } from './helpers.js';
-
-const FOREVER = Number.POSITIVE_INFINITY;
+import { FOREVER, flush, metricValue, track, useFakeTimeFromT0 } from './helpers.js';
 
 useFakeTimeFromT0();
 
