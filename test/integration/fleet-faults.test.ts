@@ -155,29 +155,27 @@ describe('a fleet of real proxy processes under faults', () => {
     // fleet's rate is the sum of the replicas' own rates: their schedules are independent, so
     // (starts − 1) / span over the merged record would count up to two extra intervals' worth
     // of starts at the edges and read above the sum.
-    const downTimes = handler.filter((t) => t > killedAt + 1200);
-    const perReplica = (r: number) =>
+    const downFrom = killedAt + 1200;
+    const downTimes = handler.filter((t) => t > downFrom);
+    /** Replica `r`'s arrivals at the upstream handler (its requests carry `/<tag>/<r>/`). */
+    const arrivalsOf = (r: number) =>
       world.api.requests
         .slice(from)
-        .filter((q) => q.path.includes(`/${tag}/${r}/`) && q.at > killedAt + 1200)
+        .filter((q) => q.path.includes(`/${tag}/${r}/`))
         .map((q) => q.at)
         .sort((a, b) => a - b);
-    const downRate = [0, 1, 2].reduce((sum, r) => sum + ratePerSecond(perReplica(r)), 0);
+    const downRate = [0, 1, 2].reduce(
+      (sum, r) => sum + ratePerSecond(arrivalsOf(r).filter((t) => t > downFrom)),
+      0,
+    );
     console.info(
       `redis killed under 3 replicas, on the ${onWire ? 'wire' : 'upstream handler'}: max ${most} per sliding second; ${downTimes.length} starts at ${downRate.toFixed(2)}/s while down`,
     );
     if (most > perSecond) {
+      const since = (times: number[]) => times.map((t) => (t - killedAt).toFixed(0)).join(' ');
       console.info(
-        `arrivals after the kill (ms; handler): ${handler.map((t) => (t - killedAt).toFixed(0)).join(' ')}; per replica: ${[
-          0, 1, 2,
-        ]
-          .map((r) =>
-            world.api.requests
-              .slice(from)
-              .filter((q) => q.path.includes(`/${tag}/${r}/`))
-              .map((q) => (q.at - killedAt).toFixed(0))
-              .join(' '),
-          )
+        `arrivals after the kill (ms; handler): ${since(handler)}; per replica: ${[0, 1, 2]
+          .map((r) => since(arrivalsOf(r)))
           .join(' | ')}`,
       );
     }
