@@ -1,5 +1,4 @@
-import { readFile as readFileCallback } from 'node:fs';
-import { promisify } from 'node:util';
+import { readFileSync } from 'node:fs';
 import { type Document, isMap, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
 import { M2mError } from '../errors.js';
 import {
@@ -13,10 +12,6 @@ import {
   routesConfigSchema,
 } from './config.js';
 import type { Issue, Node } from './schema.js';
-
-// Not node:fs/promises: that module brings Node's readline and REPL history code with it
-// (≈ 0.5 MB resident for the life of the process, docs/benchmarks.md) for one file read.
-const readFile = promisify(readFileCallback);
 
 /** Alias references allowed when the YAML is expanded (the yaml library's default, made explicit). */
 const MAX_ALIAS_COUNT = 100;
@@ -79,7 +74,9 @@ export async function loadConfig(
 ): Promise<Config> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    // Synchronous: read once, before anything listens (node:fs/promises would also bring Node's
+    // readline and REPL history code with it, ≈ 0.5 MB for the life of the process).
+    text = readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError([
       `${file}: cannot read the configuration file (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
