@@ -23,18 +23,6 @@ import type { TokenManager } from '../../src/token/manager.js';
 
 /* ------------------------------------------------------------------ time */
 
-/** A token endpoint's settings as the token tests use them (renew at 80 %, retry 1–60 s). */
-export const TOKEN_CONFIG: RouteConfig['token'] = {
-  url: 'https://idp.example.test/token',
-  authMethod: 'client_secret_basic',
-  credentials: {},
-  params: {},
-  timeout: 10_000,
-  refreshAt: 0.8,
-  minRemaining: 30_000,
-  retry: { min: 1000, max: 60_000 },
-};
-
 /**
  * Fake timers and `Date`, nothing else: `setImmediate` and `process.nextTick` stay real so that
  * loopback sockets and streams keep working while every timer of the code under test (through
@@ -161,6 +149,18 @@ export function answerOf(err: unknown): { code: unknown; retryAfterSeconds: numb
 }
 
 /* ------------------------------------------------------------ token manager */
+
+/** A token endpoint's settings as the token tests use them (renew at 80 %, retry 1–60 s). */
+export const TOKEN_CONFIG: RouteConfig['token'] = {
+  url: 'https://idp.example.test/token',
+  authMethod: 'client_secret_basic',
+  credentials: {},
+  params: {},
+  timeout: 10_000,
+  refreshAt: 0.8,
+  minRemaining: 30_000,
+  retry: { min: 1000, max: 60_000 },
+};
 
 /**
  * The token manager as the proxy handler uses it: `current` is whatever the test holds,
